@@ -1,0 +1,130 @@
+"""The one place a paho-mqtt v5 client is made and connected.
+
+Agents, cloud workers, benchmarks and tests all connect through here, so they
+share the socket settings the raw_mqtt benchmark found fastest: TCP_NODELAY on,
+because a QoS 1 round trip otherwise stalls on Nagle plus delayed ACKs.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+
+class BrokerConnectError(Exception):
+    """The broker could not be reached or refused us; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS connection: the CA to trust, and a client certificate if the broker asks."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, parsed from ``mqtt://host:port`` or ``mqtts://host:port``."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse a broker URL; a bare ``host[:port]`` means plain MQTT."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r} names no host")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ValueError(f"broker URL {url!r} has a bad port") from None
+        return cls(parts.hostname, port, tls)
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def new_client(
+    client_id: str,
+    *,
+    nodelay: bool = True,
+    tls: TlsFiles | None = None,
+    username: str | None = None,
+    password: str | None = None,
+) -> mqtt.Client:
+    """A paho v5 client on the v2 callback API, configured but not yet connected."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.enable_logger()
+    if nodelay:
+        client.on_socket_open = _set_nodelay
+    if tls is not None:
+        client.tls_set(
+            ca_certs=str(tls.ca_file),
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    if username is not None:
+        client.username_pw_set(username, password)
+    return client
+
+
+def connect(
+    client: mqtt.Client,
+    host: str,
+    port: int,
+    *,
+    keepalive: int = 30,
+    timeout: float = 10.0,
+    clean_start: bool = True,
+) -> None:
+    """Connect and start the network loop; return once the broker said yes, raise otherwise.
+
+    The CONNACK reason code decides: a refused connection is never reported as connected.
+    """
+    answered = threading.Event()
+    outcome: dict[str, ReasonCode] = {}
+    previous = client.on_connect
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        outcome["reason"] = reason
+        answered.set()
+        if previous is not None:
+            previous(c, userdata, flags, reason, props)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=keepalive, clean_start=clean_start)
+    except (OSError, ssl.SSLError) as exc:
+        client.on_connect = previous
+        raise BrokerConnectError(f"cannot reach MQTT broker at {host}:{port}: {exc}") from None
+    client.loop_start()
+    ok = answered.wait(timeout)
+    client.on_connect = previous
+    reason = outcome.get("reason")
+    if not ok or reason is None or reason.is_failure:
+        client.loop_stop()
+        client.disconnect()
+        why = "no CONNACK within %.1f s" % timeout if reason is None else f"refused: {reason}"
+        raise BrokerConnectError(f"MQTT broker at {host}:{port} {why}")

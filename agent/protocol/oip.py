@@ -1,0 +1,107 @@
+"""JSON bodies in the KServe Open Inference Protocol v2 shape, for generic MQTT clients.
+
+``{"inputs": [{"name", "shape", "datatype", "data"}]}`` in,
+``{"model_name", "model_version", "outputs": [...]}`` out, so ``mosquitto_rr``
+or Node-RED can call fedge without a fedge library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from agent.protocol import dtypes
+from agent.protocol.errors import ErrorCode, ProtocolError
+from agent.protocol.limits import Limits
+from agent.protocol.tensors import check_shape, element_count
+
+
+def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
+    """Parse a JSON object body (size already checked by the caller)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "body is JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "JSON body must be an object with an \"inputs\" list")
+    return doc
+
+
+def _flatten(data: object, count: int) -> list[object]:
+    """OIP allows flat or nested row-major ``data``; walk it without building arrays."""
+    flat: list[object] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+            if len(flat) > count:
+                break
+    return flat
+
+
+def decode_tensor(spec: object, limits: Limits) -> tuple[str, np.ndarray]:
+    """One OIP tensor object to a named array, checking shape, type and length."""
+    if not isinstance(spec, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "each input must be an object with name, shape, datatype, data")
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in spec]
+    if missing:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input is missing {', '.join(missing)}")
+    name, shape, datatype, data = spec["name"], spec["shape"], spec["datatype"], spec["data"]
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "input name must be a non-empty string")
+    if not isinstance(shape, list):
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"input {name!r}: shape must be a list of integers")
+    if not isinstance(datatype, str):
+        raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"input {name!r}: datatype must be a string such as FP32")
+    dtype = dtypes.by_oip(datatype)
+    dims = check_shape(shape, limits)
+    count = element_count(dims)
+    flat = _flatten(data, count)
+    if len(flat) != count:
+        raise ProtocolError(
+            ErrorCode.SHAPE_MISMATCH,
+            f"input {name!r}: shape {list(dims)} needs {count} values, data has {'more' if len(flat) > count else len(flat)}",
+        )
+    if not all(isinstance(v, (int, float, bool)) for v in flat):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: data must hold only numbers or booleans")
+    try:
+        array = np.asarray(flat, dtype=dtype.numpy).reshape(dims)
+    except (ValueError, OverflowError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    return name, array
+
+
+def decode_tensors(items: object, field: str, limits: Limits) -> dict[str, np.ndarray]:
+    """The ``inputs`` (or ``outputs``) list of an OIP document."""
+    if not isinstance(items, list) or not items:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"\"{field}\" must be a non-empty list of tensors")
+    if len(items) > limits.max_tensors:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(items)} tensors; at most {limits.max_tensors} are allowed")
+    tensors: dict[str, np.ndarray] = {}
+    for spec in items:
+        name, array = decode_tensor(spec, limits)
+        if name in tensors:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensor {name!r} appears twice")
+        tensors[name] = array
+    return tensors
+
+
+def encode_tensors(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Named arrays as OIP tensor objects (flat row-major data)."""
+    return [
+        {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": dtypes.of_array(array).oip,
+            "data": array.reshape(-1).tolist(),
+        }
+        for name, array in tensors.items()
+    ]

@@ -1,0 +1,106 @@
+"""Raw tensor bodies: little-endian bytes described by ``fedge-tensor`` user properties.
+
+Each tensor is one user property ``fedge-tensor = name;dtype;d0,d1,...`` (MQTT
+v5 keeps the order of repeated user properties) and the body is the tensors'
+bytes back to back in that order. Decoding is zero-copy (``numpy.frombuffer``)
+and every size is checked from the headers before any memory is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from agent.protocol import dtypes
+from agent.protocol.errors import ErrorCode, ProtocolError
+from agent.protocol.limits import Limits
+
+TENSOR_PROPERTY = "fedge-tensor"
+
+
+def check_shape(shape: Sequence[object], limits: Limits) -> tuple[int, ...]:
+    """Validate a shape against the limits and return it as a tuple of ints."""
+    if len(shape) > limits.max_dims:
+        raise ProtocolError(
+            ErrorCode.SHAPE_MISMATCH, f"shape has {len(shape)} dimensions; at most {limits.max_dims} are allowed"
+        )
+    dims: list[int] = []
+    elements = 1
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"shape {list(shape)} must hold non-negative integers")
+        elements *= dim
+        if elements > limits.max_elements:
+            raise ProtocolError(
+                ErrorCode.SHAPE_MISMATCH,
+                f"shape {list(shape)} has more than {limits.max_elements} elements",
+            )
+        dims.append(dim)
+    return tuple(dims)
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """Number of elements of a (checked) shape; 1 for a scalar."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _parse_header(value: str, limits: Limits) -> tuple[str, dtypes.DType, tuple[int, ...]]:
+    parts = value.split(";")
+    if len(parts) != 3:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"{TENSOR_PROPERTY} {value[:80]!r} must read name;dtype;shape (e.g. input;float32;1,40)"
+        )
+    name, dtype_name, shape_text = parts
+    if not name:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{TENSOR_PROPERTY} {value[:80]!r} has an empty tensor name")
+    dtype = dtypes.by_name(dtype_name)
+    try:
+        shape = [int(d) for d in shape_text.split(",")] if shape_text else []
+    except ValueError:
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"shape {shape_text[:80]!r} is not a comma-separated list of integers") from None
+    return name, dtype, check_shape(shape, limits)
+
+
+def header(name: str, array: np.ndarray) -> str:
+    """The ``fedge-tensor`` property value describing ``array``."""
+    dtype = dtypes.of_array(array)
+    return f"{name};{dtype.name};{','.join(str(d) for d in array.shape)}"
+
+
+def decode(headers: Sequence[str], body: bytes, limits: Limits) -> dict[str, np.ndarray]:
+    """Decode a raw body into named read-only arrays, checking sizes before touching the body."""
+    if not headers:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a raw tensor body needs at least one {TENSOR_PROPERTY} property")
+    if len(headers) > limits.max_tensors:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(headers)} tensors; at most {limits.max_tensors} are allowed")
+    parsed = [_parse_header(h, limits) for h in headers]
+    expected = sum(element_count(shape) * dtype.numpy.itemsize for _, dtype, shape in parsed)
+    if expected != len(body):
+        raise ProtocolError(
+            ErrorCode.SHAPE_MISMATCH,
+            f"the tensor headers describe {expected} bytes but the body has {len(body)}",
+        )
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype, shape in parsed:
+        if name in tensors:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensor {name!r} appears twice")
+        count = element_count(shape)
+        tensors[name] = np.frombuffer(body, dtype=dtype.numpy, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.numpy.itemsize
+    return tensors
+
+
+def encode(tensors: Mapping[str, np.ndarray]) -> tuple[list[str], bytes]:
+    """Headers and body for named arrays, converted to little-endian where needed."""
+    headers: list[str] = []
+    chunks: list[bytes] = []
+    for name, array in tensors.items():
+        wire = dtypes.of_array(array).numpy
+        headers.append(header(name, array))
+        chunks.append(np.ascontiguousarray(array, dtype=wire).tobytes())
+    return headers, b"".join(chunks)

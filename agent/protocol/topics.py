@@ -1,0 +1,68 @@
+"""Every MQTT topic fedge uses, built from one configurable prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "fedge/v1"
+DEFAULT_SHARE_GROUP = "workers"
+
+
+def check_segment(value: str, what: str) -> str:
+    """A topic segment: not empty, no '/', and no MQTT wildcard."""
+    if not value or any(c in value for c in "/+#\0"):
+        raise ValueError(f"{what} {value!r} must be non-empty and contain no '/', '+', '#'")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under ``prefix`` (e.g. ``fedge/v1``)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/") or any(
+            c in self.prefix for c in "+#\0"
+        ):
+            raise ValueError(f"topic prefix {self.prefix!r} must not be empty, start or end with '/', or hold wildcards")
+
+    def infer(self, task: str) -> str:
+        return f"{self.prefix}/infer/{check_segment(task, 'task')}"
+
+    @property
+    def infer_filter(self) -> str:
+        """Every task's requests."""
+        return f"{self.prefix}/infer/+"
+
+    def shared_infer(self, group: str = DEFAULT_SHARE_GROUP) -> str:
+        """The shared subscription workers use, so the broker spreads requests among them."""
+        return f"$share/{check_segment(group, 'share group')}/{self.infer_filter}"
+
+    def task_of(self, topic: str) -> str | None:
+        """The task of an inference request topic, or None when it is not one."""
+        head = f"{self.prefix}/infer/"
+        if not topic.startswith(head):
+            return None
+        task = topic[len(head):]
+        return task if task and "/" not in task else None
+
+    def device_reply(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{check_segment(device_id, 'device id')}/reply"
+
+    def default_reply(self, task: str) -> str:
+        """Where replies go when a request names no Response Topic."""
+        return f"{self.prefix}/replies/{check_segment(task, 'task')}"
+
+    def device_status(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{check_segment(device_id, 'device id')}/status"
+
+    def device_heartbeat(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{check_segment(device_id, 'device id')}/heartbeat"
+
+    @property
+    def cloud_status(self) -> str:
+        return f"{self.prefix}/cloud/status"
+
+    def manifest(self, task: str) -> str:
+        return f"{self.prefix}/models/{check_segment(task, 'task')}/manifest"
