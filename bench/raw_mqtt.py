@@ -62,7 +62,11 @@ class PingPong:
         for c in (self.a, self.b):
             connect(c, broker.host, broker.port)
         for c, topic in ((self.a, PONG), (self.b, PING)):
+            subscribed = threading.Event()
+            c.on_subscribe = lambda *_args, done=subscribed: done.set()
             c.subscribe(topic, qos=1)
+            if not subscribed.wait(5.0):
+                raise TimeoutError(f"no SUBACK for {topic}")
         self._warm()
 
     def _on_ping(self, c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="a few hundred messages, for the smoke test")
     parser.add_argument("--results-dir", type=Path, default=None, help="where to write raw_mqtt.json")
     args = parser.parse_args(argv)
-    round_trips, messages = (100, 500) if args.quick else (3000, 20000)
+    round_trips, messages = (100, 500) if args.quick else (3000, 5000)
     # With Nagle on, a QoS 1 round trip stalls ~90 ms: a tenth of the samples tell the story.
     samples = {False: max(50, round_trips // 10), True: round_trips}
     cases = [Case(qos, size) for qos in (0, 1) for size in (160, 16384)]

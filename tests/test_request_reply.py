@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent.protocol import (
@@ -14,47 +13,25 @@ from agent.protocol import (
     ErrorReply,
     InferReply,
     InferRequest,
-    ProtocolError,
-    Source,
     Topics,
     decode_reply,
-    decode_request,
-    encode_reply,
     encode_request,
-    reply_topic,
 )
 from cloud.mosquitto import Mosquitto
 from tests.mqtt_helpers import Inbox, client, subscribe
+from tests.responder import Responder, responding
 
 TOPICS = Topics()
 
 
-def _serve(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-    """A tiny responder: doubles the input, or answers the protocol's error."""
-    task = TOPICS.task_of(msg.topic) or ""
-    kind = BodyKind.RAW
-    try:
-        request = decode_request(task, msg.payload, msg.properties)
-        kind = request.kind
-        answer: InferReply | ErrorReply = InferReply(
-            {"output": request.tensor * 2}, "doubler", "1", request.request_id, Source.CLOUD
-        )
-    except ProtocolError as exc:
-        answer = ErrorReply(exc.code, exc.message)
-    payload, props = encode_reply(answer, kind, msg.properties)
-    c.publish(reply_topic(msg.properties, TOPICS.default_reply(task)), payload, qos=1, properties=props)
-
-
 @pytest.fixture
-def responder(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    with client(broker, "responder") as c:
-        c.on_message = _serve
-        subscribe(c, TOPICS.shared_infer())
-        yield c
+def responder(broker: Mosquitto) -> Iterator[Responder]:
+    with responding(broker, lambda x: x * 2) as r:
+        yield r
 
 
 @pytest.mark.parametrize("kind", list(BodyKind))
-def test_request_reply_both_payload_kinds(broker: Mosquitto, responder: mqtt.Client, kind: BodyKind) -> None:
+def test_request_reply_both_payload_kinds(broker: Mosquitto, responder: Responder, kind: BodyKind) -> None:
     reply_to = TOPICS.device_reply("dev-1")
     with client(broker, "dev-1") as device:
         inbox = Inbox(device)
@@ -72,7 +49,7 @@ def test_request_reply_both_payload_kinds(broker: Mosquitto, responder: mqtt.Cli
 
 
 def test_request_without_correlation_or_response_topic_still_gets_a_reply(
-    broker: Mosquitto, responder: mqtt.Client
+    broker: Mosquitto, responder: Responder
 ) -> None:
     with client(broker, "generic") as generic:
         inbox = Inbox(generic)
@@ -84,7 +61,7 @@ def test_request_without_correlation_or_response_topic_still_gets_a_reply(
         assert reply.outputs["output"].tolist() == [6, 8]
 
 
-def test_malformed_request_gets_an_error_reply(broker: Mosquitto, responder: mqtt.Client) -> None:
+def test_malformed_request_gets_an_error_reply(broker: Mosquitto, responder: Responder) -> None:
     reply_to = TOPICS.device_reply("dev-2")
     with client(broker, "dev-2") as device:
         inbox = Inbox(device)

@@ -1,0 +1,96 @@
+"""The release manifest of a model: what the file is, where it came from, how well it does.
+
+Models are data, not code: an ONNX file plus this manifest. The agent reads it
+(so it lives here, with no torch), checks the file's sha256 before loading, and
+refuses versions that do not move forward. ``signature`` is added by signing
+and is not part of the signed content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST_FILE = "manifest.json"
+
+
+class ManifestError(Exception):
+    """A manifest or model file that cannot be trusted; the message names the file."""
+
+
+class TensorSpec(BaseModel):
+    """One model input or output: name, element type and shape (None = any size, e.g. batch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    dtype: str = Field(description="numpy dtype name, e.g. float32")
+    shape: list[int | None]
+
+
+class Manifest(BaseModel):
+    """Everything an agent needs to know about one model version before it runs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[1] = 1
+    task: str
+    name: str = Field(description="Model name within the task, e.g. cloud, edge, edge-int8")
+    version: int = Field(ge=1, description="Increases with every release of (task, name)")
+    parent_version: int | None = Field(None, description="Version of the model this one was derived from")
+    parent_name: str | None = Field(None, description="Name of the model this one was derived from")
+    file: str = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
+    temperature: float = Field(1.0, gt=0, description="Calibration temperature: softmax(logits / T)")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: every field but the signature."""
+        doc = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=False) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest file; any problem is a ManifestError naming the file."""
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ManifestError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+
+
+def verify_file(manifest: Manifest, path: Path) -> None:
+    """Check the model file against the manifest's size and sha256."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: model file is missing")
+    size = path.stat().st_size
+    if size != manifest.size_bytes:
+        raise ManifestError(f"{path}: {size} bytes, manifest says {manifest.size_bytes} (truncated or replaced?)")
+    actual = sha256_file(path)
+    if actual != manifest.sha256:
+        raise ManifestError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {manifest.sha256[:12]}…")

@@ -1,0 +1,211 @@
+"""The agent's one persistent MQTT v5 connection to the cloud, and its in-flight table.
+
+``submit`` publishes a request (QoS 1, Response Topic, Correlation Data,
+Message Expiry = the time left) and returns a future; the reply resolves it.
+A lost connection fails every in-flight future at once, so callers fall back
+to their local answer immediately instead of waiting out their deadline;
+paho reconnects by itself with capped exponential backoff, and offloading
+resumes when the broker is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.mqtt_client import TlsFiles, new_client
+from agent.protocol import (
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    ProtocolError,
+    Topics,
+    decode_reply,
+    encode_request,
+)
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = b"online", b"offline"
+
+
+class OffloadUnavailable(Exception):
+    """The request was not sent: no connection, or ``max_inflight`` offloads are already out."""
+
+
+class ConnectionLost(Exception):
+    """The broker connection dropped while the request was in flight."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """How to reach the broker; resolved from the device profile by the caller."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: TlsFiles | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class CloudStatus:
+    """The coordinator's retained status and when we saw it."""
+
+    doc: dict[str, Any]
+    received_at: float
+
+    def fresh(self, max_age_s: float) -> bool:
+        return time.monotonic() - self.received_at <= max_age_s
+
+    @property
+    def overloaded(self) -> bool:
+        return bool(self.doc.get("overloaded", False)) or not bool(self.doc.get("healthy", True))
+
+
+class OffloadClient:
+    """Publishes requests for one device and matches replies by Correlation Data."""
+
+    def __init__(self, device_id: str, topics: Topics, broker: BrokerSettings, *, max_inflight: int = 32) -> None:
+        self.device_id = device_id
+        self.topics = topics
+        self.broker = broker
+        self.max_inflight = max_inflight
+        self.reply_topic = topics.device_reply(device_id)
+        self._status_topic = topics.device_status(device_id)
+        self._inflight: dict[bytes, Future[InferReply | ErrorReply]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._cloud_status: CloudStatus | None = None
+        self.ignored_replies = 0
+        self._client = new_client(
+            f"fedge-agent-{device_id}", tls=broker.tls, username=broker.username, password=broker.password
+        )
+        self._client.will_set(self._status_topic, OFFLINE, qos=1, retain=True)
+        # A random floor spreads a fleet's reconnects after a broker restart; paho doubles it up to the cap.
+        self._client.reconnect_delay_set(broker.reconnect_min_s * random.uniform(0.5, 1.5), broker.reconnect_max_s)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.message_callback_add(self.reply_topic, self._on_reply)
+        self._client.message_callback_add(topics.cloud_status, self._on_cloud_status)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; the agent serves locally until the broker answers."""
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self) -> None:
+        """Publish ``offline`` (retained), fail what is still in flight, and disconnect."""
+        if self._connected.is_set():
+            self._client.publish(self._status_topic, OFFLINE, qos=1, retain=True).wait_for_publish(2.0)
+        self._fail_all(ConnectionLost("agent is stopping"))
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
+            return
+        client.subscribe(self.reply_topic, qos=1)
+        client.subscribe(self.topics.cloud_status, qos=1)
+        client.publish(self._status_topic, ONLINE, qos=1, retain=True)
+        self._connected.set()
+        log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._cloud_status = None
+        self._fail_all(ConnectionLost(f"broker connection lost: {reason}"))
+        if was_connected:
+            log.warning("broker connection lost (%s); answering locally while reconnecting", reason)
+
+    def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        with self._lock:
+            future = self._inflight.pop(correlation, None) if correlation is not None else None
+        if future is None:
+            self.ignored_replies += 1
+            log.warning("ignored a reply with unknown correlation data %r (late or not ours)", correlation)
+            return
+        try:
+            future.set_result(decode_reply(msg.payload, msg.properties))
+        except ProtocolError as exc:
+            self.ignored_replies += 1
+            log.warning("ignored a malformed reply from the cloud: %s", exc)
+            future.set_exception(exc)
+
+    def _on_cloud_status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload) if msg.payload else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("ignored an unreadable cloud status")
+            return
+        self._cloud_status = CloudStatus(doc, time.monotonic()) if isinstance(doc, dict) else None
+
+    # -- requests --------------------------------------------------------------------------
+    def submit(self, request: InferRequest) -> tuple[bytes, Future[InferReply | ErrorReply]]:
+        """Publish a request; returns its correlation id and a future for the reply."""
+        if not self._connected.is_set():
+            raise OffloadUnavailable("not connected to the broker")
+        correlation = uuid.uuid4().bytes
+        future: Future[InferReply | ErrorReply] = Future()
+        with self._lock:
+            if len(self._inflight) >= self.max_inflight:
+                raise OffloadUnavailable(f"{self.max_inflight} offloads already in flight")
+            self._inflight[correlation] = future
+        payload, props = encode_request(request, response_topic=self.reply_topic, correlation_data=correlation)
+        info = self._client.publish(self.topics.infer(request.task), payload, qos=1, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.forget(correlation)
+            raise OffloadUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
+        return correlation, future
+
+    def forget(self, correlation: bytes) -> None:
+        """Drop an in-flight entry whose caller gave up (deadline passed); a late reply is then ignored."""
+        with self._lock:
+            self._inflight.pop(correlation, None)
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    @property
+    def cloud_status(self) -> CloudStatus | None:
+        return self._cloud_status
+
+    def publish_json(self, topic: str, doc: dict[str, Any], *, qos: int = 0, retain: bool = False) -> None:
+        """Publish a JSON document (heartbeats); dropped silently while disconnected."""
+        if self._connected.is_set():
+            self._client.publish(topic, json.dumps(doc).encode(), qos=qos, retain=retain)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            futures, self._inflight = list(self._inflight.values()), {}
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+

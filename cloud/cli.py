@@ -1,0 +1,25 @@
+"""`fedge-cloud`: the coordinator's command line (model zoo and store for now)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from agent.command_line import build_parser, dispatch
+from cloud.zoo.commands import add_models, add_train
+
+SUBCOMMANDS = (add_train, add_models)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(
+        "fedge-cloud",
+        "fedge cloud coordinator: trains and compresses models for the edge, keeps the model store,"
+        " and (with the coordinator issue) serves large models to agents over MQTT v5.",
+        SUBCOMMANDS,
+    )
+    return dispatch(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""torch → ONNX for the edge: one input ``input``, one output ``logits``, dynamic batch axis."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from agent.manifest import TensorSpec
+from cloud.zoo.architectures import ArchConfig, example_input
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, config: ArchConfig, path: Path) -> Path:
+    """Export an eval-mode model; the TorchScript exporter gives small, plain graphs ORT quantizes well."""
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example_input(config, 2),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return path
+
+
+_ELEM_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of an ONNX file, for its manifest (dynamic dims as None)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        return TensorSpec(name=value.name, dtype=_ELEM_TO_NUMPY.get(tensor.elem_type, str(tensor.elem_type)), shape=dims)
+
+    inputs = [spec(v) for v in graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in graph.output]

@@ -1,0 +1,83 @@
+"""Model architectures as plain configs, so a pruned model is the same config with fewer channels.
+
+Every model is an ``nn.Sequential`` built from an ``ArchConfig``: conv blocks
+(conv, batch norm, ReLU, optional max-pool) then fully connected layers. The
+structured pruner edits ``channels``/``hidden`` and copies the kept weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A conv-then-dense classifier over 1-D signals or 2-D images."""
+
+    kind: Literal["conv1d", "conv2d"]
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension, as requests carry it
+    channels: tuple[int, ...]
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+    pools: tuple[int, ...] = field(default=())  # max-pool size after each conv block (1 = none)
+    hidden: tuple[int, ...] = ()
+    classes: int = 10
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ArchConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+
+    def replace(self, **changes: Any) -> ArchConfig:
+        return ArchConfig.from_dict({**self.as_dict(), **changes})
+
+
+def _spatial_after(config: ArchConfig) -> int:
+    """Spatial size (length, or side of the square image) after the conv blocks."""
+    size = config.input_shape[-1]
+    pools = config.pools or (1,) * len(config.channels)
+    for kernel, stride, pool in zip(config.kernels, config.strides, pools):
+        size = (size + 2 * (kernel // 2) - kernel) // stride + 1
+        size //= pool
+    return size
+
+
+def build(config: ArchConfig) -> nn.Sequential:
+    """The torch model for a config; input [N, *input_shape], output logits [N, classes]."""
+    conv, norm, pool = (
+        (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if config.kind == "conv1d" else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
+    )
+    layers: list[nn.Module] = []
+    in_channels = 1
+    if config.kind == "conv1d" and len(config.input_shape) == 1:
+        layers.append(nn.Unflatten(1, (1, config.input_shape[0])))
+    else:
+        in_channels = config.input_shape[0]
+    pools = config.pools or (1,) * len(config.channels)
+    for out_channels, kernel, stride, pool_size in zip(config.channels, config.kernels, config.strides, pools):
+        layers += [conv(in_channels, out_channels, kernel, stride, kernel // 2), norm(out_channels), nn.ReLU()]
+        if pool_size > 1:
+            layers.append(pool(pool_size))
+        in_channels = out_channels
+    spatial = _spatial_after(config)
+    features = in_channels * spatial ** (1 if config.kind == "conv1d" else 2)
+    layers.append(nn.Flatten())
+    for width in config.hidden:
+        layers += [nn.Linear(features, width), nn.ReLU()]
+        features = width
+    layers.append(nn.Linear(features, config.classes))
+    return nn.Sequential(*layers)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def example_input(config: ArchConfig, batch: int = 1) -> torch.Tensor:
+    return torch.zeros((batch, *config.input_shape), dtype=torch.float32)

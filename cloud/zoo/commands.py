@@ -1,0 +1,106 @@
+"""`fedge-cloud train` and `fedge-cloud models list`: the model zoo's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from agent.exit_codes import ExitCode
+from agent.manifest import ManifestError
+from agent.model_store import ModelStore, StoredModel
+from cloud.store import default_store_root
+from cloud.zoo.tasks import TASKS, DataOptions, UnknownTask
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=None,
+                        help="model store directory (default: $FEDGE_STORE or ./store)")
+
+
+def store_of(args: argparse.Namespace) -> ModelStore:
+    return ModelStore(args.store or default_store_root())
+
+
+def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `train`."""
+    parser = commands.add_parser(
+        "train",
+        help="train a zoo model and add it to the model store",
+        description="Train the cloud or edge model of a task (deterministic for a seed), export it to ONNX"
+        " and write the ONNX file, the fp32 checkpoint and a manifest as the next version in the store."
+        f" Tasks: {', '.join(f'{t.name} ({t.description})' for t in TASKS.values())}.",
+    )
+    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--model", required=True, choices=("cloud", "edge"), help="which architecture")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the task's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
+    parser.add_argument("--train-size", type=int, default=4000, help="generated training samples (mnist1d)")
+    parser.add_argument("--test-size", type=int, default=1000, help="generated test samples (mnist1d)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_store_option(parser)
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cloud.zoo.pipeline import train_and_publish  # torch loads only for commands that train
+
+    if args.epochs is not None and args.epochs < 1:
+        print("fedge-cloud train: --epochs must be at least 1", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    try:
+        result = train_and_publish(
+            store_of(args), args.task, args.model, epochs=args.epochs, seed=args.seed,
+            data=DataOptions(train_size=args.train_size, test_size=args.test_size), progress=not args.no_progress,
+        )
+    except UnknownTask as exc:
+        print(f"fedge-cloud train: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    m = result.stored.manifest
+    print(f"{m.task}/{m.name} v{m.version}: test accuracy {result.test_accuracy:.2%}, "
+          f"{m.size_bytes / 1024:.1f} KiB -> {result.stored.directory}")
+    return ExitCode.OK
+
+
+def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `models` (with `list`)."""
+    parser = commands.add_parser("models", help="what the model store holds",
+                                 description="Inspect the model store.")
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    listing = actions.add_parser("list", help="list every model version in the store",
+                                 description="List task, name, version, path and key metrics of every model.")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    add_store_option(listing)
+    listing.set_defaults(run=run_models_list)
+    parser.set_defaults(run=lambda _args: parser.print_help(sys.stderr) or ExitCode.INVALID_INPUT)
+
+
+def _row(stored: StoredModel) -> dict[str, object]:
+    m = stored.manifest
+    return {"task": m.task, "name": m.name, "version": m.version, "path": str(stored.model_path),
+            "size_bytes": m.size_bytes, "metrics": m.metrics, "parent": m.parent_name and f"{m.parent_name} v{m.parent_version}",
+            "created_at": m.created_at.isoformat()}
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    store = store_of(args)
+    rows, problems = [], []
+    for entry in store.all():
+        if isinstance(entry, ManifestError):
+            problems.append(str(entry))
+        else:
+            rows.append(_row(entry))
+    for problem in problems:
+        print(f"fedge-cloud models list: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"the store {store.root} holds no models yet; try: fedge-cloud train --task mnist1d --model edge")
+    else:
+        print(f"{'task':<9} {'name':<22} {'ver':>3} {'accuracy':>8} {'KiB':>7}  path")
+        for r in rows:
+            accuracy = r["metrics"].get("test_accuracy")  # type: ignore[union-attr]
+            shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "-"
+            print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
+    return ExitCode.INVALID_INPUT if problems else ExitCode.OK

@@ -1,0 +1,104 @@
+"""The task registry: each task's data, and its cloud and edge architectures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloud.zoo.architectures import ArchConfig
+from cloud.zoo.mnist1d import Mnist1dParams, generate
+
+
+class UnknownTask(ValueError):
+    """A task name the zoo does not know; the message lists the known ones."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test arrays; labels are int64 class indices."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def validation_split(self, fraction: float = 0.1) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+        """Hold out the last ``fraction`` of the training set (for calibration and model selection)."""
+        cut = len(self.y_train) - max(1, int(len(self.y_train) * fraction))
+        rest = Dataset(self.x_train[:cut], self.y_train[:cut], self.x_test, self.y_test)
+        return rest, (self.x_train[cut:], self.y_train[cut:])
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Size and seed of a generated data set; ignored where the data is fixed."""
+
+    train_size: int = 4000
+    test_size: int = 1000
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the zoo."""
+
+    name: str
+    description: str
+    load: Callable[[DataOptions], Dataset]
+    models: dict[str, ArchConfig]
+    epochs: dict[str, int]
+
+
+def _load_mnist1d(options: DataOptions) -> Dataset:
+    total = options.train_size + options.test_size
+    x_train, y_train, x_test, y_test = generate(
+        Mnist1dParams(num_samples=total, train_split=options.train_size / total, seed=options.seed)
+    )
+    return Dataset(x_train, y_train, x_test, y_test)
+
+
+def _load_digits(options: DataOptions) -> Dataset:
+    from sklearn.datasets import load_digits  # shipped with scikit-learn: no download
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(options.seed).permutation(len(y))
+    x, y = x[order], y[order]
+    cut = int(len(y) * 0.8)
+    return Dataset(x[:cut], y[:cut], x[cut:], y[cut:])
+
+
+TASKS: dict[str, Task] = {
+    "mnist1d": Task(
+        name="mnist1d",
+        description="MNIST-1D (Greydanus 2020): 1-D signals of length 40, 10 classes, generated",
+        load=_load_mnist1d,
+        models={
+            "cloud": ArchConfig("conv1d", (40,), channels=(32, 64, 64), kernels=(5, 3, 3), strides=(1, 2, 2)),
+            "edge": ArchConfig("conv1d", (40,), channels=(16, 16), kernels=(5, 3), strides=(2, 2)),
+        },
+        epochs={"cloud": 30, "edge": 30},
+    ),
+    "digits": Task(
+        name="digits",
+        description="scikit-learn's 8x8 handwritten digits, 10 classes",
+        load=_load_digits,
+        models={
+            "cloud": ArchConfig("conv2d", (1, 8, 8), channels=(16, 32), kernels=(3, 3), strides=(1, 1),
+                                pools=(1, 2), hidden=(64,)),
+            "edge": ArchConfig("conv2d", (1, 8, 8), channels=(8,), kernels=(3,), strides=(2,)),
+        },
+        epochs={"cloud": 40, "edge": 40},
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``, or UnknownTask listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTask(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None

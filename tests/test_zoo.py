@@ -1,0 +1,122 @@
+"""The model zoo: generated data, deterministic training, ONNX export, the store and its CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from agent.manifest import ManifestError, sha256_file, verify_file
+from agent.model_store import ModelNotFound, ModelStore
+from cloud.export import export_onnx
+from cloud.store import load_checkpoint
+from cloud.zoo.architectures import ArchConfig, build
+from cloud.zoo.mnist1d import Mnist1dParams, generate
+from cloud.zoo.pipeline import train_and_publish
+from cloud.zoo.tasks import DataOptions, UnknownTask, get_task
+
+SMALL = DataOptions(train_size=400, test_size=200)
+FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))
+
+
+def test_mnist1d_is_deterministic_for_a_seed() -> None:
+    a = generate(Mnist1dParams(num_samples=300, seed=3))
+    b = generate(Mnist1dParams(num_samples=300, seed=3))
+    c = generate(Mnist1dParams(num_samples=300, seed=4))
+    for left, right in zip(a, b):
+        np.testing.assert_array_equal(left, right)
+    assert not np.array_equal(a[0], c[0])
+    x_train, y_train, x_test, y_test = a
+    assert x_train.shape == (240, 40) and x_test.shape == (60, 40)
+    assert x_train.dtype == np.float32 and y_train.dtype == np.int64
+    assert sorted(np.unique(np.concatenate([y_train, y_test]))) == list(range(10))
+    assert np.bincount(np.concatenate([y_train, y_test])).tolist() == [30] * 10
+
+
+def test_default_sizes_follow_the_paper() -> None:
+    data = get_task("mnist1d").load(DataOptions())
+    assert (len(data.y_train), len(data.y_test)) == (4000, 1000)
+    digits = get_task("digits").load(DataOptions())
+    assert digits.x_train.shape[1:] == (1, 8, 8) and 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
+
+
+def test_unknown_task_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownTask, match="known tasks: digits, mnist1d"):
+        get_task("cifar")
+
+
+@pytest.mark.parametrize("task", ["mnist1d", "digits"])
+def test_exported_onnx_matches_torch(task: str, tmp_path: Path) -> None:
+    config = get_task(task).models["cloud"]
+    model = build(config).eval()
+    path = export_onnx(model, config, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((5, *config.input_shape)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_same_seed_same_model_and_store_release(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    first = train_and_publish(store, "mnist1d", "edge", epochs=6, seed=7, data=SMALL, progress=False)
+    second = train_and_publish(store, "mnist1d", "edge", epochs=6, seed=7, data=SMALL, progress=False)
+    assert first.test_accuracy == second.test_accuracy
+    assert first.test_accuracy > 0.3  # learned something: chance is 10%
+    assert (first.stored.manifest.version, second.stored.manifest.version) == (1, 2)
+    m = second.stored.manifest
+    assert m.sha256 == sha256_file(second.stored.model_path)
+    assert m.inputs[0].shape == [None, 40] and m.outputs[0].shape == [None, 10]
+    verify_file(m, second.stored.model_path)
+    checkpoint = load_checkpoint(second.stored)
+    rebuilt = build(ArchConfig.from_dict(checkpoint["arch"]))
+    rebuilt.load_state_dict(checkpoint["state_dict"])
+    assert store.get("mnist1d", "mnist1d-edge").manifest.version == 2
+
+
+def test_corrupt_and_truncated_files_are_named(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    stored = train_and_publish(store, "digits", "edge", epochs=1, seed=0, data=SMALL, progress=False).stored
+    blob = stored.model_path.read_bytes()
+    stored.model_path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ManifestError, match=f"{stored.model_path}.*truncated"):
+        store.verified("digits", "digits-edge")
+    stored.model_path.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(ManifestError, match="sha256"):
+        store.verified("digits", "digits-edge")
+    with pytest.raises(ModelNotFound, match="digits/digits-edge"):
+        store.get("digits", "digits-cloud")
+    manifest_file = stored.directory / "manifest.json"
+    manifest_file.write_text(manifest_file.read_text()[:40])
+    result = subprocess.run([FEDGE_CLOUD, "models", "list", "--store", str(store.root)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert str(manifest_file) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_train_and_list(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    train = subprocess.run(
+        [FEDGE_CLOUD, "train", "--task", "digits", "--model", "edge", "--epochs", "1", "--store", str(store),
+         "--no-progress"], capture_output=True, text=True, timeout=120,
+    )
+    assert train.returncode == 0, train.stderr
+    assert "digits/digits-edge v1" in train.stdout
+    listing = subprocess.run([FEDGE_CLOUD, "models", "list", "--json", "--store", str(store)],
+                             capture_output=True, text=True, timeout=60)
+    rows = json.loads(listing.stdout)
+    assert [(r["task"], r["name"], r["version"]) for r in rows] == [("digits", "digits-edge", 1)]
+    assert 0.0 <= rows[0]["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_cli_unknown_task_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([FEDGE_CLOUD, "train", "--task", "cifar", "--model", "edge", "--store", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "known tasks: digits, mnist1d" in result.stderr and "Traceback" not in result.stderr
