@@ -1,0 +1,31 @@
+"""Device profiles: the schema, loading with file:line:col errors, env overrides.
+
+    profile = load_profile("edge_profiles/raspberry-pi-4.yaml")
+    session = onnxruntime.InferenceSession(path, providers=profile.hardware.ort_providers())
+"""
+
+from __future__ import annotations
+
+from agent.profile.loader import load_profile, parse_profile
+from agent.profile.problems import Location, Problem, ProfileError
+from agent.profile.resolve import (
+    ProviderChoice,
+    choose_providers,
+    ort_available_providers,
+    resolve_password,
+)
+from agent.profile.schema import Profile, profile_json_schema
+
+__all__ = [
+    "Location",
+    "Problem",
+    "Profile",
+    "ProfileError",
+    "ProviderChoice",
+    "choose_providers",
+    "load_profile",
+    "ort_available_providers",
+    "parse_profile",
+    "profile_json_schema",
+    "resolve_password",
+]

@@ -1,0 +1,65 @@
+"""`fedge-agent validate` and `fedge-agent schema`: the profile subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from agent.exit_codes import ExitCode
+from agent.profile.loader import load_profile
+from agent.profile.problems import ProfileError
+from agent.profile.schema import profile_json_schema
+
+
+def add_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `validate PROFILE...`."""
+    parser = commands.add_parser(
+        "validate",
+        help="check device profiles and report every problem at file:line:col",
+        description="Validate device profiles without starting anything (no hardware or"
+        " network access). Prints 'ok' per valid file and every problem of the others;"
+        f" exits {int(ExitCode.INVALID_INPUT)} if any profile is invalid. FEDGE__SECTION__KEY"
+        " environment overrides are applied, as the agent would.",
+    )
+    parser.add_argument("profiles", nargs="+", metavar="PROFILE", help="profile YAML files")
+    parser.add_argument(
+        "--no-env",
+        action="store_true",
+        help="ignore FEDGE__* environment overrides (check the files alone)",
+    )
+    parser.set_defaults(run=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Validate each file; all are checked even after a failure."""
+    env = {} if args.no_env else os.environ
+    status = ExitCode.OK
+    for path in args.profiles:
+        try:
+            profile = load_profile(path, env)
+        except ProfileError as exc:
+            print(exc, file=sys.stderr)
+            status = ExitCode.INVALID_INPUT
+            continue
+        print(f"ok  {path}  ({profile.device.kind}, device {profile.device.id})")
+    return status
+
+
+def add_schema(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `schema`."""
+    parser = commands.add_parser(
+        "schema",
+        help="print the profile JSON Schema (for editor completion and checks)",
+        description="Print the JSON Schema of device profiles on stdout, e.g. for"
+        " yaml-language-server: fedge-agent schema > profile.schema.json, then start a"
+        " profile with '# yaml-language-server: $schema=profile.schema.json'.",
+    )
+    parser.set_defaults(run=run_schema)
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    """Print the schema as indented JSON."""
+    print(json.dumps(profile_json_schema(), indent=2))
+    return ExitCode.OK

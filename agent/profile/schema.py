@@ -1,0 +1,109 @@
+"""The root of a device profile, and its JSON Schema for editors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from agent.profile.base import StrictModel, TaskName, rule_broken
+from agent.profile.connectivity import ApiConfig, BrokerConfig
+from agent.profile.hardware import HardwareConfig
+from agent.profile.model_spec import ModelSpec
+from agent.profile.offload import OffloadPolicy
+from agent.profile.sections import (
+    DeviceConfig,
+    FederatedConfig,
+    LoggingConfig,
+    MetricsConfig,
+    StorageConfig,
+)
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class Profile(StrictModel):
+    """A fedge device profile: one YAML file per device kind (edge_profiles/*.yaml)."""
+
+    device: DeviceConfig = Field(description="Device identity.")
+    hardware: HardwareConfig = Field(
+        default_factory=HardwareConfig, description="Execution providers, threads, memory."
+    )
+    models: dict[TaskName, ModelSpec] = Field(
+        min_length=1,
+        description="Local model per task, keyed by task name (e.g. mnist1d); the task name"
+        " is part of the offload topic.",
+    )
+    offload: dict[TaskName, OffloadPolicy] = Field(
+        default_factory=dict,
+        description="Offload policy per task; a task without one is answered locally only.",
+    )
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="MQTT v5 broker.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Local HTTP API.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="State directory and sample store."
+    )
+    federated: FederatedConfig = Field(
+        default_factory=FederatedConfig, description="Federated fine-tuning."
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Metrics and heartbeats."
+    )
+
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def check_offload_tasks_have_models(self) -> Profile:
+        """A policy decides between the local model and the cloud; it needs the local model."""
+        for task in self.offload:
+            if task not in self.models:
+                known = ", ".join(sorted(self.models))
+                raise rule_broken(
+                    f"offload policy for task '{task}', which has no model: add models.{task}"
+                    f" or remove this policy (tasks with models: {known})",
+                    "offload",
+                    task,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def check_federated_has_samples(self) -> Profile:
+        """Federated rounds train on stored samples; without them the device has nothing."""
+        if self.federated.enabled and not self.storage.samples.enabled:
+            raise rule_broken(
+                "federated.enabled needs stored samples to train on: set"
+                " storage.samples.enabled: true or federated.enabled: false",
+                "federated",
+                "enabled",
+            )
+        return self
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """`broker.client_id`, defaulting to the device id."""
+        return self.broker.client_id or self.device.id
+
+    @property
+    def source(self) -> Path | None:
+        """The file this profile was loaded from, if any."""
+        return self._source
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the profile, made absolute against the profile's directory.
+
+        Relative paths follow the profile file, not the working directory, so a
+        profile behaves the same from a shell, systemd or a container.
+        """
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or self._source is None:
+            return candidate
+        return self._source.parent / candidate
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """JSON Schema of a profile, for editors (yaml-language-server) and other tools."""
+    schema = Profile.model_json_schema()
+    schema["title"] = "fedge device profile"
+    return {"$schema": SCHEMA_DIALECT, **schema}
