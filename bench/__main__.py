@@ -8,7 +8,7 @@ import sys
 import time
 
 # In the order a reader wants them: the transport baseline first.
-BENCHMARKS = ("raw_mqtt",)
+BENCHMARKS = ("raw_mqtt", "compression")
 
 
 def main() -> int:

@@ -6,9 +6,10 @@ import sys
 from collections.abc import Sequence
 
 from agent.command_line import build_parser, dispatch
+from cloud.compress.commands import add_compress
 from cloud.zoo.commands import add_models, add_train
 
-SUBCOMMANDS = (add_train, add_models)
+SUBCOMMANDS = (add_train, add_models, add_compress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,57 @@
+"""The one place an ONNX Runtime session is created.
+
+The agent serves with it, and the compression benchmarks measure latency with
+it, so a number in a report is a number the device will see. Providers are
+tried in the profile's order; one this build of ONNX Runtime lacks is dropped
+with a single warning, and CPU is always the last resort.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+ProviderSpec = tuple[str, dict[str, str]]
+
+
+def available_providers(wanted: Sequence[ProviderSpec]) -> list[ProviderSpec]:
+    """``wanted`` minus what this ONNX Runtime build lacks (one warning for all), CPU appended."""
+    present = set(ort.get_available_providers())
+    kept = [(name, options) for name, options in wanted if name in present]
+    missing = [name for name, _ in wanted if name not in present]
+    if missing:
+        log.warning(
+            "execution provider(s) %s not available in this onnxruntime build (it has %s); falling back to %s",
+            ", ".join(missing), ", ".join(sorted(present)), ", ".join(n for n, _ in kept) or CPU,
+        )
+    if CPU not in (name for name, _ in kept):
+        kept.append((CPU, {}))
+    return kept
+
+
+def open_session(
+    model_path: Path,
+    providers: Sequence[ProviderSpec] = ((CPU, {}),),
+    *,
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+) -> ort.InferenceSession:
+    """A session with all graph optimisations, the given thread budget, and usable providers."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    chosen = available_providers(providers)
+    return ort.InferenceSession(
+        str(model_path),
+        sess_options=options,
+        providers=[name for name, _ in chosen],
+        provider_options=[opts for _, opts in chosen],
+    )

@@ -1,0 +1,83 @@
+"""`fedge-cloud compress`: run a recipe's grid, report it, and release the chosen variant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.exit_codes import ExitCode
+from agent.manifest import ManifestError
+from cloud.compress.recipe import RecipeError, load_recipe
+from cloud.compress.report import write_report
+from cloud.compress.search import NoModelToCompress, SearchResult, search
+from cloud.store import publish
+from cloud.zoo.commands import add_store_option, store_of
+from cloud.zoo.pipeline import model_name
+from cloud.zoo.tasks import TASKS, UnknownTask
+
+
+def add_compress(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `compress`."""
+    parser = commands.add_parser(
+        "compress",
+        help="prune, distil and quantize a task's model; release the best variant within a budget",
+        description="Try every variant of the recipe's grid (structured/unstructured pruning with fine-tuning,"
+        " distillation from the cloud model, fp16/dynamic/static int8), measure accuracy, size and ONNX Runtime"
+        " latency at batch 1 and 32 against the fp32 export of the same architecture, pick the Pareto-best"
+        " variant whose accuracy drop is within the budget, calibrate its temperature, and add it to the store as"
+        " the next version of <task>-edge. Writes report.json, report.md and report.png. Exits 1 when no variant"
+        " is within the budget.",
+    )
+    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: the built-in grid)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="largest accepted test-accuracy drop in percentage points (default 1.0)")
+    parser.add_argument("--out", type=Path, default=None, help="report directory (default: reports/<task>)")
+    parser.add_argument("--no-publish", action="store_true", help="report only; do not add the variant to the store")
+    add_store_option(parser)
+    parser.set_defaults(run=run_compress)
+
+
+def _release(args: argparse.Namespace, result: SearchResult) -> str:
+    chosen = result.chosen
+    assert chosen is not None and result.calibration is not None
+    m = chosen.measurement
+    stored = publish(
+        store_of(args), result.task, model_name(result.task, "edge"), chosen.path,
+        metrics={"test_accuracy": m.accuracy, "latency_b1_ms": m.latency_b1_ms, "latency_b32_ms": m.latency_b32_ms,
+                 "parameters": float(m.parameters), "flops": float(m.flops),
+                 "accuracy_drop_points": result.drop_points(chosen)},
+        recipe={"variant": chosen.name, "pruning": chosen.pruning, "quantization": chosen.quantization,
+                "max_accuracy_drop_points": result.max_drop_points},
+        temperature=result.calibration.temperature,
+        parent=result.base.manifest,
+        checkpoint={"arch": chosen.arch.as_dict(), "state_dict": chosen.pruned_model.state_dict()},
+    )
+    return f"{stored.manifest.task}/{stored.manifest.name} v{stored.manifest.version}"
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    out = args.out or Path("reports") / args.task
+    try:
+        recipe = load_recipe(args.recipe)
+        print(f"compress {args.task}: base {recipe.base}, budget {args.max_accuracy_drop} points")
+        result = search(store_of(args), args.task, recipe, out / "variants", max_drop_points=args.max_accuracy_drop)
+    except (RecipeError, UnknownTask, NoModelToCompress, ManifestError) as exc:
+        print(f"fedge-cloud compress: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    write_report(result, out)
+    print(f"report: {out / 'report.md'} (and report.json, report.png)")
+    if result.chosen is None:
+        best = result.best_effort()
+        print(f"fedge-cloud compress: no variant within {args.max_accuracy_drop} points; the best was {best.name} "
+              f"with a drop of {result.drop_points(best):.2f} points", file=sys.stderr)
+        return ExitCode.FAILURE
+    c = result.chosen.measurement
+    ref = result.reference.measurement
+    print(f"chosen {result.chosen.name}: accuracy {c.accuracy:.2%} (drop {result.drop_points(result.chosen):.2f} pts), "
+          f"size {c.size_bytes / ref.size_bytes:.2f}x, b32 latency {c.latency_b32_ms / ref.latency_b32_ms:.2f}x, "
+          f"temperature {result.calibration.temperature:.3f}" if result.calibration else "")
+    if not args.no_publish:
+        print(f"released {_release(args, result)}")
+    return ExitCode.OK

@@ -1,0 +1,84 @@
+"""The compression recipe: a YAML grid of what to try, validated strictly.
+
+Unknown keys and bad values are errors naming the key, so a typo never
+silently drops part of the grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distillation(_Strict):
+    """Fine-tune with the cloud model's soft labels (the teacher is the task's cloud model)."""
+
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of teacher and student")
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term vs hard labels")
+
+
+class Structured(_Strict):
+    norm: Literal["l1", "l2"] = "l1"
+    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0, 0.75, 0.5], min_length=1, description="Fraction of channels kept, e.g. [1.0, 0.75, 0.5]")
+
+
+class Unstructured(_Strict):
+    scope: Literal["layer", "global"] = "global"
+    sparsities: list[Annotated[float, Field(ge=0, lt=1)]] = Field([0.5], description="Fraction of weights zeroed, e.g. [0.5]")
+
+
+class Pruning(_Strict):
+    structured: Structured = Field(default_factory=Structured)
+    unstructured: Unstructured = Field(default_factory=Unstructured)
+    finetune_epochs: int = Field(15, ge=0, le=500)
+
+
+class Quantization(_Strict):
+    modes: list[Literal["fp32", "fp16", "dynamic", "static"]] = Field(["fp32", "fp16", "dynamic", "static"], min_length=1)
+    calibration: list[Literal["minmax", "entropy", "percentile"]] = Field(["minmax", "entropy", "percentile"], min_length=1)
+    per_channel: list[bool] = Field([False, True], min_length=1)
+    calibration_samples: int = Field(256, ge=1, le=100_000)
+
+
+class Recipe(_Strict):
+    """What `fedge-cloud compress` tries: every pruning variant times every quantization variant."""
+
+    base: Literal["cloud", "edge"] = Field("cloud", description="Which zoo architecture to compress")
+    seed: int = 0
+    distillation: Distillation | None = Field(default_factory=Distillation)
+    pruning: Pruning = Field(default_factory=Pruning)
+    quantization: Quantization = Field(default_factory=Quantization)
+    validation_split: float = Field(0.1, gt=0, lt=0.5, description="Share of training data held out for calibration")
+    latency_repeats: int = Field(200, ge=5, le=10_000)
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and key."""
+
+
+def load_recipe(path: Path | None) -> Recipe:
+    """Read a recipe file (None: the defaults)."""
+    if path is None:
+        return Recipe()
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return Recipe.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise RecipeError(f"{path}: {problems}") from None

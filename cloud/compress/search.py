@@ -1,0 +1,184 @@
+"""Try a recipe's grid on a task, measure every variant, and pick the Pareto-best within a budget.
+
+Every variant is measured against the fp32 ONNX export of the same
+architecture (the reference) on the task's test set, with the session the
+agent will use. Among the variants whose accuracy drop is within the budget,
+the Pareto front over (accuracy, latency at batch 32, size) is kept and the
+fastest point of it is chosen (smaller file on a tie).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from agent.model_store import ModelStore, StoredModel
+from agent.session import open_session
+from cloud.compress import quantize
+from cloud.compress.calibration import Calibration, fit_temperature
+from cloud.compress.measure import Measurement, measure
+from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured
+from cloud.compress.recipe import Recipe
+from cloud.export import export_onnx
+from cloud.store import load_checkpoint
+from cloud.zoo.architectures import ArchConfig, build
+from cloud.zoo.pipeline import model_name
+from cloud.zoo.tasks import DataOptions, Dataset, get_task
+from cloud.zoo.train import logits_of, seed_everything, train_classifier
+
+
+class NoModelToCompress(LookupError):
+    """The store lacks the trained model a recipe starts from; the message says how to train it."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the grid: how it was made, where it is, what it measured."""
+
+    pruning: str
+    quantization: str
+    path: Path
+    measurement: Measurement
+    arch: ArchConfig
+    pruned_model: nn.Module
+
+    @property
+    def name(self) -> str:
+        return f"{self.pruning}+{self.quantization}"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    task: str
+    base: StoredModel
+    reference: Variant
+    cloud: Measurement
+    variants: list[Variant]
+    within_budget: list[Variant]
+    pareto: list[Variant]
+    chosen: Variant | None
+    max_drop_points: float
+    calibration: Calibration | None
+
+    def drop_points(self, variant: Variant) -> float:
+        return (self.reference.measurement.accuracy - variant.measurement.accuracy) * 100
+
+    def best_effort(self) -> Variant:
+        """The most accurate variant other than the reference (for a budget nobody met)."""
+        return max((v for v in self.variants if v is not self.reference), key=lambda v: v.measurement.accuracy,
+                   default=self.reference)
+
+
+def trained_model(store: ModelStore, task: str, role: str) -> tuple[StoredModel, nn.Sequential, ArchConfig]:
+    name = model_name(task, role)
+    if not store.versions(task, name):
+        raise NoModelToCompress(
+            f"no trained {name} in the store {store.root}; train it first: "
+            f"fedge-cloud train --task {task} --model {role} --store {store.root}"
+        )
+    stored = store.get(task, name)
+    checkpoint = load_checkpoint(stored)
+    config = ArchConfig.from_dict(checkpoint["arch"])
+    model = build(config)
+    model.load_state_dict(checkpoint["state_dict"])
+    return stored, model.eval(), config
+
+
+def _quantized(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tuple[str, Path]]:
+    """Every quantization variant of one fp32 file, per the recipe."""
+    q = recipe.quantization
+    out: list[tuple[str, Path]] = []
+    for mode in q.modes:
+        if mode == "fp32":
+            out.append(("fp32", fp32))
+        elif mode == "fp16":
+            out.append(("fp16", quantize.fp16(fp32, fp32.with_name("fp16.onnx"))))
+        elif mode == "dynamic":
+            for pc in q.per_channel:
+                label = f"dynamic{'-pc' if pc else ''}"
+                out.append((label, quantize.dynamic_int8(fp32, fp32.with_name(f"{label}.onnx"), per_channel=pc)))
+        else:
+            for method in q.calibration:
+                for pc in q.per_channel:
+                    label = f"static-{method}{'-pc' if pc else ''}"
+                    target = fp32.with_name(f"{label}.onnx")
+                    out.append((label, quantize.static_int8(fp32, target, calibration_x, method=method, per_channel=pc)))
+    return out
+
+
+def _pruned_models(base: nn.Sequential, config: ArchConfig, recipe: Recipe, train: Dataset,
+                   teacher_logits: np.ndarray | None) -> list[tuple[str, nn.Module, ArchConfig]]:
+    """The base model (when keep ratio 1.0 is listed) and each pruned, fine-tuned variant of it."""
+    p = recipe.pruning
+    out: list[tuple[str, nn.Module, ArchConfig]] = [("none", base, config)] if 1.0 in p.structured.keep_ratios else []
+    jobs: list[tuple[str, Callable[[], tuple[nn.Module, ArchConfig]]]] = []
+    for ratio in p.structured.keep_ratios:
+        if ratio < 1.0:
+            jobs.append((f"channels{int(round(ratio * 100))}-{p.structured.norm}",
+                         lambda r=ratio: prune_structured(base, config, r, norm=p.structured.norm)))
+    for sparsity in p.unstructured.sparsities:
+        jobs.append((f"sparse{int(round(sparsity * 100))}-{p.unstructured.scope}",
+                     lambda s=sparsity: (apply_unstructured(copy.deepcopy(base), s, scope=p.unstructured.scope), config)))
+    d = recipe.distillation
+    for label, make in jobs:
+        model, arch = make()
+        if p.finetune_epochs:
+            train_classifier(
+                model, train.x_train, train.y_train, epochs=p.finetune_epochs, generator=seed_everything(recipe.seed),
+                max_lr=3e-3, soft_targets=teacher_logits, alpha=d.alpha if d else 0.0,
+                temperature=d.temperature if d else 1.0, description=f"fine-tune {label}", progress=False,
+            )
+        out.append((label, make_permanent(model).eval(), arch))
+    return out
+
+
+def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, max_drop_points: float,
+           data: DataOptions = DataOptions(), log: Callable[[str], None] = print) -> SearchResult:
+    """Run the whole grid; files land in ``workdir/<pruning>/<quantization>.onnx``."""
+    task = get_task(task_name)
+    full = task.load(data)
+    train, (x_val, y_val) = full.validation_split(recipe.validation_split)
+    base_stored, base, config = trained_model(store, task_name, recipe.base)
+    cloud_stored, cloud, _ = trained_model(store, task_name, "cloud")
+    teacher_logits = logits_of(cloud, train.x_train) if recipe.distillation else None
+    rng = np.random.default_rng(recipe.seed)
+    calibration_x = train.x_train[rng.permutation(len(train.x_train))[: recipe.quantization.calibration_samples]]
+
+    def measured(path: Path) -> Measurement:
+        return measure(path, full.x_test, full.y_test, repeats=recipe.latency_repeats)
+
+    cloud_measurement = measured(cloud_stored.model_path)
+    reference_file = export_onnx(base, config, workdir / "none" / "fp32.onnx")
+    reference = Variant("none", "fp32", reference_file, measured(reference_file), config, base)
+    variants: list[Variant] = []
+    for pruning, model, arch in _pruned_models(base, config, recipe, train, teacher_logits):
+        fp32 = reference_file if pruning == "none" else export_onnx(model, arch, workdir / pruning / "fp32.onnx")
+        for quantization, path in _quantized(fp32, recipe, calibration_x):
+            is_reference = (pruning, quantization) == ("none", "fp32")
+            variant = reference if is_reference else Variant(pruning, quantization, path, measured(path), arch, model)
+            log(f"  {variant.name:<36} accuracy {variant.measurement.accuracy:.2%}  "
+                f"b32 {variant.measurement.latency_b32_ms:.3f} ms  {variant.measurement.size_bytes / 1024:.1f} KiB")
+            variants.append(variant)
+    ref_acc = reference.measurement.accuracy
+    within = [v for v in variants if (ref_acc - v.measurement.accuracy) * 100 <= max_drop_points]
+    pareto = [v for v in within if not any(_dominates(o.measurement, v.measurement) for o in within)]
+    chosen = min(pareto, key=lambda v: (v.measurement.latency_b32_ms, v.measurement.size_bytes), default=None)
+    calibration = None
+    if chosen is not None:
+        session = open_session(chosen.path)
+        val_logits = session.run(None, {session.get_inputs()[0].name: x_val})[0]
+        calibration = fit_temperature(val_logits, y_val)
+    return SearchResult(task_name, base_stored, reference, cloud_measurement, variants, within, pareto, chosen,
+                        max_drop_points, calibration)
+
+
+def _dominates(a: Measurement, b: Measurement) -> bool:
+    """a is at least as good as b everywhere and better somewhere (accuracy up, latency and size down)."""
+    no_worse = a.accuracy >= b.accuracy and a.latency_b32_ms <= b.latency_b32_ms and a.size_bytes <= b.size_bytes
+    better = a.accuracy > b.accuracy or a.latency_b32_ms < b.latency_b32_ms or a.size_bytes < b.size_bytes
+    return no_worse and better

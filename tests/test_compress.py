@@ -1,0 +1,177 @@
+"""Compression on small, quickly trained models: pruning, quantization, calibration, the compress command."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from agent.model_store import ModelStore
+from agent.session import open_session
+from cloud.compress.calibration import fit_temperature, nll
+from cloud.compress.distill import DistillSettings, distillation_gain
+from cloud.compress.measure import accuracy, flops, parameter_counts
+from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured, sparsity_of
+from cloud.compress.quantize import dynamic_int8, fp16, initializer_types, static_int8
+from cloud.compress.recipe import RecipeError, load_recipe
+from cloud.compress.search import trained_model
+from cloud.export import export_onnx
+from cloud.zoo.pipeline import train_and_publish
+from cloud.zoo.tasks import DataOptions, get_task
+
+DATA = DataOptions(train_size=1000, test_size=300)
+FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """A store with a briefly trained MNIST-1D cloud and edge model."""
+    store = ModelStore(tmp_path_factory.mktemp("compress") / "store")
+    for role in ("cloud", "edge"):
+        train_and_publish(store, "mnist1d", role, epochs=8, data=DATA, progress=False)
+    return store
+
+
+@pytest.fixture(scope="module")
+def data():  # type: ignore[no-untyped-def]
+    return get_task("mnist1d").load(DATA)
+
+
+def test_structured_pruning_really_removes_parameters_and_flops(store: ModelStore, tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    _, model, config = trained_model(store, "mnist1d", "cloud")
+    same, same_config = prune_structured(model, config, 1.0)
+    x = torch.from_numpy(data.x_test[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model(x))  # keeping everything copies every weight to its place
+    narrow, narrow_config = prune_structured(model, config, 0.5, norm="l2")
+    assert narrow_config.channels == tuple(c // 2 for c in config.channels)
+    full_file = export_onnx(model, config, tmp_path / "full.onnx")
+    narrow_file = export_onnx(narrow, narrow_config, tmp_path / "narrow.onnx")
+    assert parameter_counts(narrow_file)[0] < 0.5 * parameter_counts(full_file)[0]
+    assert flops(narrow_file) < 0.5 * flops(full_file)
+    assert narrow_file.stat().st_size < full_file.stat().st_size
+    session = ort.InferenceSession(str(narrow_file), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": data.x_test[:4]})[0].shape == (4, 10)
+
+
+def test_unstructured_pruning_zeroes_weights_but_not_the_file(store: ModelStore, tmp_path: Path) -> None:
+    _, model, config = trained_model(store, "mnist1d", "cloud")
+    make_permanent(apply_unstructured(model, 0.6, scope="global"))
+    assert sparsity_of(model) == pytest.approx(0.6, abs=0.01)
+    path = export_onnx(model, config, tmp_path / "sparse.onnx")
+    total, nonzero = parameter_counts(path)
+    assert nonzero < 0.5 * total
+
+
+def test_quantized_variants_carry_int8_or_fp16_weights_and_stay_accurate(store: ModelStore, tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    source = store.get("mnist1d", "mnist1d-cloud").model_path
+    reference = accuracy(source, data.x_test, data.y_test)
+    dynamic = dynamic_int8(source, tmp_path / "dynamic.onnx")
+    static = static_int8(source, tmp_path / "static.onnx", data.x_train[:128], method="entropy", per_channel=True)
+    half = fp16(source, tmp_path / "fp16.onnx")
+    assert "INT8" in initializer_types(dynamic) and "INT8" in initializer_types(static)
+    assert initializer_types(half) == {"FLOAT16"}
+    for path in (dynamic, static, half):
+        assert path.stat().st_size < source.stat().st_size
+        assert (reference - accuracy(path, data.x_test, data.y_test)) * 100 <= 2.0  # within a 2-point budget
+    session = open_session(half)
+    assert session.get_inputs()[0].type == "tensor(float)"
+
+
+def test_temperature_calibration_lowers_nll() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2000, 10)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(10, p=p) for p in probs])  # calibrated by construction
+    calibrated = fit_temperature(logits, labels)
+    assert calibrated.temperature == pytest.approx(1.0, abs=0.15)
+    overconfident = fit_temperature(logits * 4, labels)
+    assert overconfident.temperature > 3
+    assert overconfident.nll_after < overconfident.nll_before
+    assert overconfident.nll_after == pytest.approx(nll(logits * 4, labels, overconfident.temperature))
+
+
+def test_distillation_reports_its_gain(store: ModelStore, data) -> None:  # type: ignore[no-untyped-def]
+    _, teacher, _ = trained_model(store, "mnist1d", "cloud")
+    student, gain = distillation_gain(get_task("mnist1d").models["edge"], teacher, data, DistillSettings(epochs=2), seed=0)
+    assert 0.0 <= gain.distilled_accuracy <= 1.0 and 0.0 <= gain.hard_label_accuracy <= 1.0
+    assert gain.gain == pytest.approx(gain.distilled_accuracy - gain.hard_label_accuracy)
+    with torch.no_grad():
+        assert student(torch.from_numpy(data.x_test[:3])).shape == (3, 10)
+
+
+def test_session_drops_a_missing_provider_with_one_warning(store: ModelStore, caplog: pytest.LogCaptureFixture) -> None:
+    path = store.get("mnist1d", "mnist1d-edge").model_path
+    with caplog.at_level(logging.WARNING, logger="agent.session"):
+        session = open_session(path, [("TensorrtExecutionProvider", {}), ("CUDAExecutionProvider", {"device_id": "0"})],
+                               intra_op_threads=2)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "TensorrtExecutionProvider" in warnings[0].getMessage() and "CUDAExecutionProvider" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("prunning: {}\n", "prunning: unknown key"),
+        ("pruning: {structured: {keep_ratios: [1.5]}}\n", "pruning.structured.keep_ratios.0"),
+        ("quantization: {modes: [int4]}\n", "quantization.modes.0"),
+        ("base: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=words.replace("[", r"\[")) as info:
+        load_recipe(path)
+    assert str(path) in str(info.value)
+
+
+def _compress(store: ModelStore, tmp_path: Path, recipe: str, budget: str) -> subprocess.CompletedProcess[str]:
+    copy = tmp_path / "store"
+    shutil.copytree(store.root, copy)
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    return subprocess.run(
+        [FEDGE_CLOUD, "compress", "--task", "mnist1d", "--recipe", str(tmp_path / "recipe.yaml"), "--store", str(copy),
+         "--out", str(tmp_path / "report"), "--max-accuracy-drop", budget],
+        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+
+
+QUICK = """
+base: cloud
+distillation: {temperature: 4, alpha: 0.7}
+pruning: {structured: {keep_ratios: [1.0, 0.5]}, unstructured: {sparsities: []}, finetune_epochs: 2}
+quantization: {modes: [fp32, static], calibration: [minmax], per_channel: [false], calibration_samples: 64}
+latency_repeats: 5
+"""
+
+
+def test_compress_releases_the_chosen_variant_with_its_report(store: ModelStore, tmp_path: Path) -> None:
+    result = _compress(store, tmp_path, QUICK, "100")
+    assert result.returncode == 0, result.stderr
+    assert "chosen" in result.stdout and "released mnist1d/mnist1d-edge v2" in result.stdout
+    for name in ("report.json", "report.md", "report.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    released = ModelStore(tmp_path / "store").verified("mnist1d", "mnist1d-edge")
+    manifest = released.manifest
+    assert manifest.version == 2 and manifest.parent_name == "mnist1d-cloud"
+    assert manifest.recipe is not None and manifest.recipe["variant"] in (tmp_path / "report" / "report.md").read_text()
+    assert manifest.temperature != 1.0
+
+
+def test_compress_with_no_variant_in_budget_names_the_best(store: ModelStore, tmp_path: Path) -> None:
+    recipe = QUICK.replace("keep_ratios: [1.0, 0.5]", "keep_ratios: [0.1]").replace("finetune_epochs: 2", "finetune_epochs: 0")
+    result = _compress(store, tmp_path, recipe, "0.5")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no variant within 0.5 points; the best was channels10-l1+" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ModelStore(tmp_path / "store").versions("mnist1d", "mnist1d-edge") == [1]
