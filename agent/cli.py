@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from agent.command_line import Registrar, build_parser, dispatch
+from agent.commands import add_infer, add_run
 from agent.profile.commands import add_schema, add_validate
 
-SUBCOMMANDS: tuple[Registrar, ...] = (add_validate, add_schema)
+SUBCOMMANDS: tuple[Registrar, ...] = (add_run, add_infer, add_validate, add_schema)
 DESCRIPTION = (
     "fedge edge agent: runs ONNX models on this device and offloads hard or excess requests"
     " to the cloud over MQTT v5."

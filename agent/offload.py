@@ -68,9 +68,6 @@ class CloudStatus:
     doc: dict[str, Any]
     received_at: float
 
-    def fresh(self, max_age_s: float) -> bool:
-        return time.monotonic() - self.received_at <= max_age_s
-
     @property
     def overloaded(self) -> bool:
         return bool(self.doc.get("overloaded", False)) or not bool(self.doc.get("healthy", True))
@@ -79,7 +76,8 @@ class CloudStatus:
 class OffloadClient:
     """Publishes requests for one device and matches replies by Correlation Data."""
 
-    def __init__(self, device_id: str, topics: Topics, broker: BrokerSettings, *, max_inflight: int = 32) -> None:
+    def __init__(self, device_id: str, topics: Topics, broker: BrokerSettings, *, max_inflight: int = 32,
+                 client_id: str | None = None) -> None:
         self.device_id = device_id
         self.topics = topics
         self.broker = broker
@@ -90,9 +88,10 @@ class OffloadClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
+        self._stopping = False
         self.ignored_replies = 0
         self._client = new_client(
-            f"fedge-agent-{device_id}", tls=broker.tls, username=broker.username, password=broker.password
+            client_id or f"fedge-agent-{device_id}", tls=broker.tls, username=broker.username, password=broker.password
         )
         self._client.will_set(self._status_topic, OFFLINE, qos=1, retain=True)
         # A random floor spreads a fleet's reconnects after a broker restart; paho doubles it up to the cap.
@@ -117,6 +116,7 @@ class OffloadClient:
 
     def stop(self) -> None:
         """Publish ``offline`` (retained), fail what is still in flight, and disconnect."""
+        self._stopping = True
         if self._connected.is_set():
             self._client.publish(self._status_topic, OFFLINE, qos=1, retain=True).wait_for_publish(2.0)
         self._fail_all(ConnectionLost("agent is stopping"))
@@ -139,7 +139,7 @@ class OffloadClient:
         self._connected.clear()
         self._cloud_status = None
         self._fail_all(ConnectionLost(f"broker connection lost: {reason}"))
-        if was_connected:
+        if was_connected and not self._stopping:
             log.warning("broker connection lost (%s); answering locally while reconnecting", reason)
 
     def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:

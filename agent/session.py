@@ -39,14 +39,16 @@ def open_session(
     model_path: Path,
     providers: Sequence[ProviderSpec] = ((CPU, {}),),
     *,
-    intra_op_threads: int = 1,
-    inter_op_threads: int = 1,
+    intra_op_threads: int | None = 1,
+    inter_op_threads: int | None = 1,
 ) -> ort.InferenceSession:
-    """A session with all graph optimisations, the given thread budget, and usable providers."""
+    """A session with all graph optimisations, the given thread budget (None: ORT's default), usable providers."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = inter_op_threads
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if inter_op_threads is not None:
+        options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     chosen = available_providers(providers)
     return ort.InferenceSession(

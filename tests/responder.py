@@ -5,6 +5,7 @@ Used by tests until the real cloud workers serve; it speaks the same wire contra
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,4 +64,10 @@ def responding(broker: Mosquitto, answer: Callable[[np.ndarray], np.ndarray]) ->
     with client(broker, "responder") as c:
         c.on_message = responder.on_message
         subscribe(c, responder.topics.shared_infer())
-        yield responder
+        status = responder.topics.cloud_status
+        c.publish(status, json.dumps({"healthy": True, "overloaded": False}), qos=1, retain=True).wait_for_publish(5)
+        try:
+            yield responder
+        finally:
+            if c.is_connected():  # a test may have killed the broker under us
+                c.publish(status, b"", qos=1, retain=True).wait_for_publish(5)  # clears the retained status

@@ -187,6 +187,8 @@ def test_every_problem_is_a_profile_error_never_another_exception() -> None:
         MINIMAL + "offload:\n  mnist1d: {threshold: 0.5}\n":
             "offload.mnist1d: missing 'mode': say which offload mode this is, one of:"
             " threshold, budget",
+        "device: {id: x}\nmodels:\n  mnist1d: {name: m, version: '4', input: {shape: [-1, 40]}}\n":
+            "models.mnist1d.version: wrong type: expected an integer, got text '4'",
         MINIMAL + "broker: {password_env: PW}\n":
             "broker.password_env: password_env is set but username is not: add username",
         MINIMAL + "federated: {enabled: true, server_address: fl:9092}\n"

@@ -17,7 +17,6 @@ from pydantic_core import PydanticCustomError
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 STORE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 TOPIC_PREFIX_PATTERN = r"^[^/$+#\s][^/+#\s]*(/[^/+#\s]+)*$"
 HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$"
@@ -27,7 +26,6 @@ PATTERN_HINTS: dict[str, str] = {
     ID_PATTERN: "use 1-64 letters, digits, '_' or '-' (it is part of MQTT topics)",
     TASK_PATTERN: "use 1-64 lowercase letters, digits, '_' or '-' (it is part of MQTT topics)",
     STORE_NAME_PATTERN: "use lowercase letters, digits, '.', '_' or '-'",
-    VERSION_PATTERN: "use letters, digits, '.', '_', '+' or '-', e.g. '3' or '1.2.0'",
     ENV_NAME_PATTERN: "give the name of an environment variable, e.g. FEDGE_MQTT_PASSWORD",
     TOPIC_PREFIX_PATTERN: "use non-empty topic levels separated by '/', without wildcards"
     " ('+', '#'), spaces or a leading '$', e.g. fedge/v1",

@@ -12,7 +12,6 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from agent.profile.base import (
     STORE_NAME_PATTERN,
-    VERSION_PATTERN,
     FilePath,
     StrictModel,
     rule_broken,
@@ -80,9 +79,11 @@ class ModelSpec(StrictModel):
         description="A local .onnx file, relative to the profile's directory; no updates."
         " Set this or `name`.",
     )
-    version: Annotated[str, StringConstraints(pattern=VERSION_PATTERN)] | None = Field(
+    version: int | None = Field(
         None,
-        description="Pin a store release, e.g. '3'; null follows the newest signed release.",
+        ge=1,
+        description="Pin a store release (store versions are integers that only grow), e.g."
+        " 3; null follows the newest signed release.",
     )
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32",

@@ -1,0 +1,341 @@
+"""The edge agent: local inference first, the cloud when unsure or busy, always one answer in time.
+
+``Agent`` is what ``fedge-agent run`` starts and what tests and benchmarks run
+in-process. A request is checked, queued for the local model (or sent straight
+to the cloud when the local queue is past capacity), and its calibrated
+confidence decides whether the cloud is asked. Whatever goes wrong on the way
+to the cloud (no broker, a silent or broken cloud, the deadline) ends in the
+local answer marked ``degraded``; nothing waits past the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.batching import BatcherClosed, QueueFull
+from agent.confidence import confidence, fuse, softmax
+from agent.http_api import ApiServer
+from agent.metrics import AgentMetrics
+from agent.model_store import ModelStore
+from agent.mqtt_client import TlsFiles
+from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
+from agent.policy import CapacityLimits, ConfidencePolicy, Pressure, Reason, confidence_policy, may_offload, over_capacity
+from agent.profile.offload import GeometricMeanFusion
+from agent.profile.resolve import resolve_password
+from agent.profile.schema import Profile
+from agent.protocol import (
+    DEFAULT_LIMITS,
+    ErrorCode,
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    Limits,
+    ProtocolError,
+    Source,
+    Topics,
+)
+from agent.runtime import LocalModel
+from agent.samples import SampleStore
+
+log = logging.getLogger(__name__)
+DEFAULT_DEADLINE_MS = 1000.0
+OUTPUT = "probabilities"
+
+
+@dataclass
+class _Task:
+    model: LocalModel
+    policy: ConfidencePolicy | None
+    limits: CapacityLimits | None
+    metric: str
+    fusion_weight: float | None
+    deadline_ms: float
+
+
+class Agent:
+    """One device's agent, built from its profile."""
+
+    def __init__(self, profile: Profile, *, store_root: Path | None = None, broker: BrokerSettings | None = None,
+                 api_port: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.profile = profile
+        self.limits = limits
+        self.device_id = profile.device.id
+        self.topics = Topics(profile.broker.topic_prefix)
+        state_dir = profile.resolve_path(profile.storage.directory)
+        self.store = ModelStore(store_root or state_dir / "models")
+        self.metrics = AgentMetrics()
+        self._broker = broker or self.broker_settings(profile)
+        self._api_port = profile.api.port if api_port is None else api_port
+        self._tasks: dict[str, _Task] = {}
+        self.samples: SampleStore | None = None
+        self.offload: OffloadClient | None = None
+        self.api: ApiServer | None = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._ready = False
+        self._state_dir = state_dir
+        self._started_at = time.monotonic()
+
+    @staticmethod
+    def broker_settings(profile: Profile) -> BrokerSettings:
+        """Broker settings from the profile, with the password resolved from its reference."""
+        b = profile.broker
+        tls = None
+        if b.tls is not None:  # a tls section means TLS, with the system's CAs unless one is named
+
+            def path(p: str | None) -> Path | None:
+                return profile.resolve_path(p) if p else None
+
+            tls = TlsFiles(path(b.tls.ca_file), path(b.tls.cert_file), path(b.tls.key_file), b.tls.insecure)
+        return BrokerSettings(b.host, b.port, tls, b.username, resolve_password(profile), b.keepalive_s)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Agent:
+        """Load and verify every model, then connect, serve HTTP and send heartbeats."""
+        p = self.profile
+        for task, spec in p.models.items():
+            policy = p.offload.get(task)
+            depth = policy.max_queue_depth if policy else 64
+            model = LocalModel.load(task, spec, p, self.store, max_queue_depth=depth)
+            self._tasks[task] = _Task(
+                model=model,
+                policy=confidence_policy(policy) if policy else None,
+                limits=CapacityLimits(policy.max_queue_depth, policy.max_inflight, policy.local_latency_slo_ms)
+                if policy else None,
+                metric=policy.metric if policy else "max_prob",
+                fusion_weight=policy.fusion.weight if policy and isinstance(policy.fusion, GeometricMeanFusion) else None,
+                deadline_ms=policy.default_deadline_ms if policy else DEFAULT_DEADLINE_MS,
+            )
+        samples = p.storage.samples
+        self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
+                                   max_bytes=samples.max_bytes, retention_days=samples.retention_days)
+        if p.offload:
+            inflight = max(policy.max_inflight for policy in p.offload.values())
+            self.offload = OffloadClient(self.device_id, self.topics, self._broker, max_inflight=inflight,
+                                         client_id=p.mqtt_client_id)
+            self.offload.start()
+        if p.api.enabled:
+            self.api = ApiServer(self, p.api.host, self._api_port)
+            self.api.start()
+        if p.metrics.enabled and self.offload is not None:
+            self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="fedge-heartbeat", daemon=True)
+            self._heartbeat.start()
+        self._ready = True
+        log.info("agent %s ready: tasks %s", self.device_id, ", ".join(self._tasks))
+        return self
+
+    def stop(self) -> None:
+        """Stop taking requests, answer what is queued, publish offline, close the store."""
+        self._ready = False
+        self._stop.set()
+        if self.api is not None:
+            self.api.stop()
+        for task in self._tasks.values():
+            task.model.batcher.close(drain=True)
+        if self.offload is not None:
+            self.offload.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
+        if self.samples is not None:
+            self.samples.close()
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- serving ---------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return self._ready
+
+    def infer(self, request: InferRequest) -> InferReply:
+        """Answer one request (raises ProtocolError for requests that cannot be served)."""
+        started = time.monotonic()
+        task = self._tasks.get(request.task)
+        if task is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"no model for task {request.task!r}; "
+                                                       f"this agent serves {', '.join(sorted(self._tasks))}")
+        try:
+            reply = self._serve(task, request, started)
+        except ProtocolError as exc:
+            self.metrics.errors.labels(request.task, exc.code.value).inc()
+            raise
+        self._count(request.task, reply, started)
+        return reply
+
+    def _serve(self, task: _Task, request: InferRequest, started: float) -> InferReply:
+        x = task.model.check_input(request.tensor)
+        deadline = started + (request.timeout_ms if request.timeout_ms is not None else task.deadline_ms) / 1000
+        pressure = self._pressure(task)
+        if task.limits is not None and over_capacity(task.limits, pressure) and \
+                may_offload(task.limits, pressure, request.priority) is None:
+            reply = self._ask_cloud(task, request, x, None, deadline, Reason.CAPACITY, {})
+            if reply is not None:
+                return reply
+        probs, timings = self._run_local(task, request, x, deadline)
+        if task.policy is None or task.limits is None:
+            return self._local_reply(task, request, probs, timings, degraded=False)
+        conf = float(confidence(probs, task.metric).min())  # type: ignore[arg-type]
+        if not task.policy.wants_offload(conf):
+            self.metrics.offload_window.add(0.0)
+            return self._local_reply(task, request, probs, timings, degraded=False)
+        blocked = may_offload(task.limits, self._pressure(task), request.priority)
+        if blocked is not None:
+            self.metrics.offload_window.add(0.0)
+            return self._local_reply(task, request, probs, timings, degraded=True)
+        reply = self._ask_cloud(task, request, x, probs, deadline, Reason.UNCONFIDENT, timings)
+        return reply if reply is not None else self._local_reply(task, request, probs, timings, degraded=True)
+
+    def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
+                   ) -> tuple[np.ndarray, dict[str, float]]:
+        queued = time.monotonic()
+        try:
+            future = task.model.batcher.submit(x, request.priority)
+        except QueueFull as exc:
+            raise ProtocolError(ErrorCode.OVERLOADED, f"{exc}; retry later or with a higher priority") from None
+        except BatcherClosed as exc:
+            raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
+        try:
+            logits = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            future.cancel()
+            raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
+        except BatcherClosed as exc:
+            raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
+        total_ms = (time.monotonic() - queued) * 1000
+        return softmax(logits, task.model.temperature), {"local": total_ms}
+
+    def _ask_cloud(self, task: _Task, request: InferRequest, x: np.ndarray, local_probs: np.ndarray | None,
+                   deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | None:
+        """The cloud's (or fused) answer, or None when it cannot be had in time (caller answers locally)."""
+        assert self.offload is not None
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            return None
+        cloud_request = InferRequest(task.model.task, {"input": x}, request.request_id, request.priority, remaining_ms)
+        sent = time.monotonic()
+        self.metrics.offloads.labels(task.model.task, reason.value).inc()
+        self.metrics.offload_window.add(1.0)
+        try:
+            correlation, future = self.offload.submit(cloud_request)
+        except OffloadUnavailable as exc:
+            log.debug("offload of %s not sent: %s", request.request_id, exc)
+            return None
+        try:
+            answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            self.offload.forget(correlation)
+            log.info("cloud did not answer %s within its deadline; answering locally", request.request_id)
+            return None
+        except (ConnectionLost, ProtocolError) as exc:
+            log.info("offload of %s failed (%s); answering locally", request.request_id, exc)
+            return None
+        if isinstance(answer, ErrorReply):
+            log.info("cloud refused %s: %s %s", request.request_id, answer.code.value, answer.message)
+            return None
+        cloud_probs = next(iter(answer.outputs.values()), None)
+        expected = (len(x), task.model.manifest.outputs[0].shape[-1]) if task.model.manifest else None
+        if cloud_probs is None or cloud_probs.ndim != 2 or len(cloud_probs) != len(x) or \
+                (expected is not None and cloud_probs.shape != expected) or not np.isfinite(cloud_probs).all():
+            log.warning("ignored a cloud answer of shape %s for %s (expected %s)",
+                        None if cloud_probs is None else cloud_probs.shape, request.request_id, expected)
+            return None
+        round_trip_ms = (time.monotonic() - sent) * 1000
+        cloud_ms = answer.timings_ms.get("cloud", 0.0) + answer.timings_ms.get("queue", 0.0)
+        if self.samples is not None:
+            self.samples.add(request.request_id, task.model.task, x, cloud_probs)
+        source, probs = Source.CLOUD, cloud_probs.astype(np.float32)
+        if task.fusion_weight is not None and local_probs is not None:
+            source, probs = Source.FUSED, fuse(local_probs, probs, task.fusion_weight)
+        self.metrics.offload_ms.add(round_trip_ms)
+        return InferReply({OUTPUT: probs}, answer.model_name, answer.model_version, request.request_id, source, False,
+                          {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms})
+
+    def _local_reply(self, task: _Task, request: InferRequest, probs: np.ndarray, timings: dict[str, float], *,
+                     degraded: bool) -> InferReply:
+        self.metrics.local_ms.add(timings.get("local", 0.0))
+        return InferReply({OUTPUT: probs}, task.model.name, task.model.version, request.request_id, Source.EDGE,
+                          degraded, timings)
+
+    def _pressure(self, task: _Task) -> Pressure:
+        status = self.offload.cloud_status if self.offload else None
+        return Pressure(
+            queue_depth=task.model.batcher.depth,
+            estimated_wait_ms=task.model.batcher.estimated_wait_ms(),
+            inflight=self.offload.inflight if self.offload else 0,
+            broker_connected=self.offload.connected if self.offload else False,
+            cloud_available=status is not None and not status.overloaded,
+        )
+
+    def _count(self, task: str, reply: InferReply, started: float) -> None:
+        path = reply.source.value if not reply.degraded else "degraded"
+        self.metrics.requests.labels(task, reply.source.value).inc()
+        self.metrics.latency.labels(task, path).observe(time.monotonic() - started)
+        if reply.degraded:
+            self.metrics.degraded.labels(task).inc()
+
+    # -- what the HTTP API needs -----------------------------------------------------------
+    def model_metadata(self, name: str) -> dict[str, Any] | None:
+        task = self._tasks.get(name)
+        if task is None:
+            return None
+        spec = task.model.spec.input
+        return {
+            "name": name,
+            "versions": [task.model.version],
+            "platform": "onnxruntime",
+            "inputs": [{"name": spec.name, "datatype": spec.dtype, "shape": [-1 if d is None else d for d in spec.shape]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1]}],
+        }
+
+    def feedback(self, request_id: str, label: int) -> bool:
+        return self.samples is not None and self.samples.feedback(request_id, label)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        for name, task in self._tasks.items():
+            self.metrics.queue_depth.labels(name).set(task.model.batcher.depth)
+        self.metrics.inflight.set(self.offload.inflight if self.offload else 0)
+        self.metrics.broker_connected.set(1 if self.offload and self.offload.connected else 0)
+        return self.metrics.exposition()
+
+    # -- heartbeat -------------------------------------------------------------------------
+    def heartbeat(self) -> dict[str, Any]:
+        """What the cloud's device registry learns about this agent."""
+        m = self.metrics
+        return {
+            "device_id": self.device_id,
+            "kind": self.profile.device.kind,
+            "models": {name: t.model.version for name, t in self._tasks.items()},
+            "offload_rate": m.offload_window.mean() or 0.0,
+            "queue_depth": {name: t.model.batcher.depth for name, t in self._tasks.items()},
+            "latency_ms": {"local": {"p50": m.local_ms.percentile(50), "p99": m.local_ms.percentile(99)},
+                           "offload": {"p50": m.offload_ms.percentile(50), "p99": m.offload_ms.percentile(99)}},
+            "cpu_seconds": time.process_time(),
+            "rss_mb": _rss_mb(),
+            "uptime_s": time.monotonic() - self._started_at,
+            "sent_at": time.time(),
+        }
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.profile.metrics.heartbeat_interval_s
+        while not self._stop.wait(interval):
+            if self.offload is not None:
+                self.offload.publish_json(self.topics.device_heartbeat(self.device_id), self.heartbeat())
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None

@@ -1,0 +1,68 @@
+"""What the agent counts: Prometheus metrics for /metrics, and rolling windows for heartbeats.
+
+Each agent owns its own registry, so several agents in one process (tests,
+benchmarks) never share counters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class RollingWindow:
+    """The last ``size`` values of something, for percentiles and rates in heartbeats."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._values.append(value)
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile (q in 0..100), or None with no data."""
+        with self._lock:
+            ordered = sorted(self._values)
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+    def mean(self) -> float | None:
+        with self._lock:
+            return sum(self._values) / len(self._values) if self._values else None
+
+
+class AgentMetrics:
+    """Prometheus series of one agent, plus the windows its heartbeat reports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fedge_requests", "Answered requests by source", ["task", "source"],
+                                registry=self.registry)
+        self.offloads = Counter("fedge_offloads", "Requests sent to the cloud, by reason", ["task", "reason"],
+                                registry=self.registry)
+        self.degraded = Counter("fedge_degraded", "Answers marked degraded (cloud late, lost or refused)",
+                                ["task"], registry=self.registry)
+        self.errors = Counter("fedge_errors", "Requests answered with an error, by code", ["task", "code"],
+                              registry=self.registry)
+        self.latency = Histogram("fedge_latency_seconds", "End-to-end answer latency by path", ["task", "path"],
+                                 buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.queue_depth = Gauge("fedge_queue_depth", "Requests waiting for the local model", ["task"],
+                                 registry=self.registry)
+        self.inflight = Gauge("fedge_offloads_inflight", "Offloads waiting for the cloud", registry=self.registry)
+        self.broker_connected = Gauge("fedge_broker_connected", "1 when the MQTT connection is up",
+                                      registry=self.registry)
+        self.offload_window = RollingWindow()  # 1.0 per offloaded request, 0.0 per local one
+        self.local_ms = RollingWindow()
+        self.offload_ms = RollingWindow()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,76 @@
+"""A task's local model: verified ONNX file, ONNX Runtime session, input checks and micro-batcher."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.batching import MicroBatcher
+from agent.manifest import Manifest
+from agent.model_store import ModelStore
+from agent.profile.model_spec import ModelSpec
+from agent.profile.schema import Profile
+from agent.protocol import ErrorCode, ProtocolError
+from agent.session import open_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalModel:
+    """One loaded model; ``batcher.submit`` runs it."""
+
+    task: str
+    name: str
+    version: str
+    temperature: float
+    spec: ModelSpec
+    batcher: MicroBatcher
+    manifest: Manifest | None
+
+    @classmethod
+    def load(cls, task: str, spec: ModelSpec, profile: Profile, store: ModelStore, *, max_queue_depth: int) -> LocalModel:
+        """Verify and open the model a profile names (store release or local file)."""
+        manifest: Manifest | None = None
+        if spec.name is not None:
+            stored = store.verified(task, spec.name, spec.version)
+            path: Path = stored.model_path
+            manifest = stored.manifest
+            name, version, temperature = manifest.name, str(manifest.version), manifest.temperature
+        else:
+            assert spec.path is not None
+            path = profile.resolve_path(spec.path)
+            name, version, temperature = path.stem, "local", 1.0
+        hardware = profile.hardware
+        session = open_session(path, hardware.ort_providers(), intra_op_threads=hardware.intra_op_threads,
+                               inter_op_threads=hardware.inter_op_threads)
+        declared = session.get_inputs()[0].name
+        if declared != spec.input.name:
+            raise ValueError(f"{path}: the model's input is {declared!r} but the profile says {spec.input.name!r}"
+                             f" (models.{task}.input.name)")
+        output = session.get_outputs()[0].name
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run([output], {declared: batch})[0]
+
+        batcher = MicroBatcher(run, max_batch_size=spec.batching.max_batch_size,
+                               max_queue_delay_ms=spec.batching.max_queue_delay_ms,
+                               max_queue_depth=max_queue_depth, name=task)
+        log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
+        return cls(task, name, version, temperature, spec, batcher, manifest)
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """The request tensor as the model takes it, or the protocol's error naming the mismatch."""
+        want = self.spec.input
+        if x.dtype != np.dtype(want.dtype):
+            raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"task {self.task} takes {want.dtype}, got {x.dtype}")
+        if x.ndim == len(want.shape) - 1:
+            x = x[None]  # one sample without its batch axis
+        fixed = [(i, d) for i, d in enumerate(want.shape) if i > 0 and d not in (None, -1)]
+        if x.ndim != len(want.shape) or any(x.shape[i] != d for i, d in fixed) or x.shape[0] == 0:
+            shape = ["N" if d in (None, -1) else d for d in want.shape]
+            raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"task {self.task} takes shape {shape}, got {list(x.shape)}")
+        return x

@@ -1,0 +1,134 @@
+"""The sample store: what the agent keeps for federated fine-tuning.
+
+Offloaded inputs with the cloud's probabilities (soft labels), and labels users
+send back as feedback. SQLite in WAL mode with synchronous=NORMAL survives the
+agent being killed (every committed row is there after a restart); bounded by
+rows and bytes, oldest first out, and by age. ``enabled=False`` keeps nothing,
+for deployments where inputs must not be stored.
+
+One connection behind a lock: SQLite serialises writers anyway, and the
+agent's writes are small and few next to its inferences.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    created REAL NOT NULL,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    x BLOB NOT NULL,
+    soft BLOB,
+    label INTEGER,
+    nbytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_task ON samples(task);
+"""
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Stored samples of one task: inputs, soft labels (NaN rows where none) and labels (-1 where none)."""
+
+    x: np.ndarray
+    soft: np.ndarray
+    labels: np.ndarray
+
+
+class SampleStore:
+    """Bounded, crash-safe storage of training samples."""
+
+    def __init__(self, path: Path, *, enabled: bool = True, max_rows: int = 50_000, max_bytes: int = 256 << 20,
+                 retention_days: float = 30.0) -> None:
+        self.enabled = enabled
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.retention_s = retention_days * 86400
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._expire()
+
+    def add(self, request_id: str, task: str, x: np.ndarray, soft: np.ndarray | None = None) -> None:
+        """Keep one sample (a no-op when disabled), evicting the oldest past the bounds."""
+        if self._db is None:
+            return
+        x = np.ascontiguousarray(x)
+        soft_blob = None if soft is None else np.ascontiguousarray(soft, dtype=np.float32).tobytes()
+        nbytes = x.nbytes + (len(soft_blob) if soft_blob else 0)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO samples (request_id, task, created, dtype, shape, x, soft, nbytes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, task, time.time(), x.dtype.str, ",".join(map(str, x.shape)), x.tobytes(), soft_blob, nbytes),
+            )
+            self._evict()
+
+    def feedback(self, request_id: str, label: int) -> bool:
+        """Attach a user's label to a kept sample; False when there is none (evicted, never kept, disabled)."""
+        if self._db is None:
+            return False
+        with self._lock:
+            return self._db.execute("UPDATE samples SET label = ? WHERE request_id = ?", (label, request_id)).rowcount == 1
+
+    def count(self, task: str | None = None) -> int:
+        if self._db is None:
+            return 0
+        with self._lock:
+            query, args = ("SELECT COUNT(*) FROM samples WHERE task = ?", (task,)) if task else ("SELECT COUNT(*) FROM samples", ())
+            return int(self._db.execute(query, args).fetchone()[0])
+
+    def training_set(self, task: str) -> TrainingSet:
+        """Every kept sample of ``task`` as arrays, oldest first (rows of one sample each)."""
+        if self._db is None:
+            raise RuntimeError("the sample store is disabled in this profile")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dtype, shape, x, soft, label FROM samples WHERE task = ? ORDER BY seq", (task,)
+            ).fetchall()
+        xs, softs, labels = [], [], []
+        for dtype, shape, x, soft, label in rows:
+            array = np.frombuffer(x, dtype=np.dtype(dtype)).reshape([int(d) for d in shape.split(",") if d])
+            xs.append(array.reshape(-1, *array.shape[1:]) if array.ndim > 1 else array[None])
+            probs = np.frombuffer(soft, dtype=np.float32) if soft else None
+            softs.append(probs)
+            labels.append(-1 if label is None else int(label))
+        classes = next((len(s) for s in softs if s is not None), 0)
+        soft_array = np.stack([s if s is not None else np.full(classes, np.nan, np.float32) for s in softs]) \
+            if softs else np.empty((0, classes), np.float32)
+        return TrainingSet(np.concatenate(xs) if xs else np.empty((0,)), soft_array, np.array(labels, dtype=np.int64))
+
+    def close(self) -> None:
+        if self._db is not None:
+            with self._lock:
+                self._db.close()
+                self._db = None
+
+    def _evict(self) -> None:
+        assert self._db is not None
+        rows, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM samples").fetchone()
+        while rows > self.max_rows or total > self.max_bytes:
+            excess_rows = max(rows - self.max_rows, 1)
+            oldest = self._db.execute("SELECT seq, nbytes FROM samples ORDER BY seq LIMIT ?", (excess_rows,)).fetchall()
+            self._db.execute("DELETE FROM samples WHERE seq <= ?", (oldest[-1][0],))
+            rows -= len(oldest)
+            total -= sum(n for _, n in oldest)
+
+    def _expire(self) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM samples WHERE created < ?", (time.time() - self.retention_s,))

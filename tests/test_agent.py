@@ -1,0 +1,305 @@
+"""The edge agent end to end: real models, a real broker, a cloud stand-in speaking the protocol."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.agent import Agent
+from agent.confidence import confidence, softmax
+from agent.model_store import ModelStore
+from agent.policy import OffloadBudget
+from agent.protocol import ErrorCode, InferRequest, ProtocolError, Source, Topics
+from agent.session import open_session
+from cloud.mosquitto import Mosquitto, free_port
+from tests.agent_support import cloud_answer, make_profile, sample_inputs, train_small_zoo
+from tests.mqtt_helpers import Inbox, client, subscribe
+from tests.responder import responding
+
+THRESHOLD = {"mode": "threshold", "metric": "max_prob", "threshold": 0.8, "default_deadline_ms": 2000}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state directory whose model store holds small trained MNIST-1D models."""
+    root = tmp_path_factory.mktemp("agent")
+    train_small_zoo(root / "state" / "models")
+    return root
+
+
+def request(x: np.ndarray, **kw: Any) -> InferRequest:
+    return InferRequest("mnist1d", {"input": x}, **kw)
+
+
+@pytest.fixture
+def agent_with_cloud(zoo: Path, broker: Mosquitto) -> Iterator[tuple[Agent, Any]]:
+    store = ModelStore(zoo / "state" / "models")
+    with responding(broker, cloud_answer(store)) as cloud:
+        with Agent(make_profile(zoo, broker, offload=THRESHOLD, api_port=free_port())) as agent:
+            assert agent.offload is not None and agent.offload.wait_connected(5)
+            deadline = time.monotonic() + 5
+            while agent.offload.cloud_status is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            yield agent, cloud
+
+
+def edge_confidence(zoo: Path, x: np.ndarray) -> np.ndarray:
+    session = open_session(ModelStore(zoo / "state" / "models").get("mnist1d", "mnist1d-edge").model_path)
+    return confidence(softmax(session.run(None, {"input": x})[0]), "max_prob")
+
+
+def test_confident_stays_local_and_unconfident_goes_to_the_cloud(zoo: Path, agent_with_cloud: tuple[Agent, Any]) -> None:
+    agent, cloud = agent_with_cloud
+    x, _ = sample_inputs(120)
+    conf = edge_confidence(zoo, x)
+    sources = [agent.infer(request(x[i:i + 1])).source for i in range(len(x))]
+    for s, c in zip(sources, conf):
+        assert s is (Source.EDGE if c >= 0.8 else Source.CLOUD)
+    assert Source.EDGE in sources and Source.CLOUD in sources
+    assert cloud.served == sources.count(Source.CLOUD)
+    assert agent.samples is not None and agent.samples.count("mnist1d") == cloud.served
+
+
+def test_answers_carry_source_model_and_latency_split(agent_with_cloud: tuple[Agent, Any]) -> None:
+    agent, _ = agent_with_cloud
+    x, _ = sample_inputs(60, seed=1)
+    replies = [agent.infer(request(x[i:i + 1], request_id=f"r{i}")) for i in range(len(x))]
+    for i, reply in enumerate(replies):
+        assert reply.request_id == f"r{i}" and not reply.degraded
+        assert reply.outputs["probabilities"].shape == (1, 10)
+        assert abs(float(reply.outputs["probabilities"].sum()) - 1) < 1e-4
+        if reply.source is Source.CLOUD:
+            assert reply.model_name == "responder" and {"local", "network", "cloud"} <= reply.timings_ms.keys()
+        else:
+            assert reply.model_name == "mnist1d-edge" and reply.model_version == "1"
+
+
+def test_silent_cloud_gives_a_degraded_local_answer_within_the_deadline(agent_with_cloud: tuple[Agent, Any]) -> None:
+    agent, cloud = agent_with_cloud
+    cloud.silent.set()
+    x, _ = sample_inputs(200, seed=2)
+    unsure = next(i for i, c in enumerate(edge_confidence_of(agent, x)) if c < 0.8)
+    started = time.monotonic()
+    reply = agent.infer(request(x[unsure:unsure + 1], timeout_ms=400))
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert reply.source is Source.EDGE and reply.degraded
+    assert elapsed_ms <= 400 * 1.1 + 20  # the deadline plus 10 % (and a scheduler tick)
+    assert agent.offload is not None and agent.offload.inflight == 0
+
+
+def edge_confidence_of(agent: Agent, x: np.ndarray) -> np.ndarray:
+    return edge_confidence(agent.store.root.parent.parent, x)
+
+
+def test_full_local_queue_offloads_by_capacity(zoo: Path, broker: Mosquitto) -> None:
+    capacity = {**THRESHOLD, "threshold": 0.0, "max_queue_depth": 1, "max_inflight": 64}  # confidence alone never offloads
+    store = ModelStore(zoo / "state" / "models")
+    with responding(broker, cloud_answer(store)), \
+            Agent(make_profile(zoo, broker, offload=capacity, api_port=free_port(),
+                               batching={"max_batch_size": 1, "max_queue_delay_ms": 0})) as agent:
+        assert agent.offload is not None and agent.offload.wait_connected(5)
+        while agent.offload.cloud_status is None:
+            time.sleep(0.01)
+        x, _ = sample_inputs(64, seed=3)
+        replies: list[Any] = [None] * 64
+        barrier = threading.Barrier(32)
+
+        def call(i: int) -> None:
+            barrier.wait() if i < 32 else None
+            try:
+                replies[i] = agent.infer(request(x[i:i + 1]))
+            except ProtocolError as exc:
+                replies[i] = exc
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    answered = [r for r in replies if r is not None]
+    assert len(answered) == 64
+    by_source = Counter(r.source for r in answered if not isinstance(r, ProtocolError))
+    assert by_source[Source.CLOUD] > 0, by_source
+    assert all(r.code is ErrorCode.OVERLOADED for r in answered if isinstance(r, ProtocolError))
+
+
+def test_broker_killed_mid_stream_every_request_answered_once_and_offloading_resumes(
+    zoo: Path, broker: Mosquitto
+) -> None:
+    store = ModelStore(zoo / "state" / "models")
+    x, _ = sample_inputs(400, seed=4)
+    with Agent(make_profile(zoo, broker, offload={**THRESHOLD, "threshold": 1.0}, api_port=free_port())) as agent:
+        assert agent.offload is not None
+        replies: list[Any] = []
+        with responding(broker, cloud_answer(store)):
+            while agent.offload.cloud_status is None:
+                time.sleep(0.01)
+            replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(50)]
+            broker.kill()
+            replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(50, 100)]
+        broker.start()
+        assert agent.offload.wait_connected(15), "the agent reconnects by itself"
+        with responding(broker, cloud_answer(store)):
+            while agent.offload.cloud_status is None:
+                time.sleep(0.01)
+            replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(100, 150)]
+    assert len(replies) == 150 and len({r.request_id for r in replies}) == 150
+    assert all(r.source is Source.CLOUD for r in replies[:50])
+    assert all(r.source is Source.EDGE and r.degraded for r in replies[50:100])
+    assert all(r.source is Source.CLOUD for r in replies[100:])
+
+
+def test_garbage_and_wrong_shape_replies_are_ignored_and_the_request_still_answered(zoo: Path, broker: Mosquitto) -> None:
+    topics = Topics()
+    with Agent(make_profile(zoo, broker, offload={**THRESHOLD, "threshold": 1.0}, api_port=free_port())) as agent, \
+            client(broker, "bad-cloud") as bad:
+        assert agent.offload is not None and agent.offload.wait_connected(5)
+        bad.publish(topics.cloud_status, json.dumps({"healthy": True}), qos=1, retain=True).wait_for_publish(5)
+        while agent.offload.cloud_status is None:
+            time.sleep(0.01)
+        inbox = Inbox(bad)
+        subscribe(bad, topics.infer_filter)
+        x, _ = sample_inputs(3, seed=5)
+        from agent.protocol import InferReply, encode_reply, BodyKind
+
+        def answer_with(payload_props: tuple[bytes, Properties]) -> None:
+            msg = inbox.get()
+            payload, props = payload_props
+            props.CorrelationData = msg.properties.CorrelationData
+            bad.publish(msg.properties.ResponseTopic, payload, qos=1, properties=props)
+
+        wrong_shape = encode_reply(InferReply({"p": np.ones((1, 3), np.float32)}, "bad", "1"), BodyKind.RAW)
+        garbage = (b"\x00garbage", Properties(PacketTypes.PUBLISH))
+        for i, bad_reply in enumerate((wrong_shape, garbage)):
+            done: list[Any] = []
+            t = threading.Thread(target=lambda i=i: done.append(agent.infer(request(x[i:i + 1], timeout_ms=3000))))
+            t.start()
+            answer_with(bad_reply)
+            t.join(5)
+            assert len(done) == 1 and done[0].source is Source.EDGE and done[0].degraded
+        bad.publish(topics.cloud_status, b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_budget_controller_holds_its_rate_on_a_drifting_mnist1d_stream(zoo: Path) -> None:
+    session = open_session(ModelStore(zoo / "state" / "models").get("mnist1d", "mnist1d-edge").model_path)
+    x, _ = sample_inputs(1000, seed=6)
+    rng = np.random.default_rng(0)
+    stream = np.concatenate([x[rng.integers(0, 1000, 2500)],
+                             x[rng.integers(0, 1000, 2500)] + rng.normal(0, 0.6, (2500, 40)).astype(np.float32)])
+    conf = confidence(softmax(session.run(None, {"input": stream})[0]), "margin")
+    assert abs(conf[2500:].mean() - conf[:2500].mean()) > 0.05  # the inputs really drift
+    budget = OffloadBudget(0.2, window=500)
+    decisions = np.array([budget.wants_offload(float(c)) for c in conf])
+    assert abs(decisions.mean() - 0.2) <= 0.02
+    assert abs(decisions[2500:].mean() - 0.2) <= 0.02  # and after the drift too
+
+
+def _http(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+          ) -> tuple[int, dict[str, Any] | str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status, text = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def _oversize_status(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/v2/models/mnist1d/infer")
+    conn.putheader("Content-Length", str(5 << 20))
+    conn.endheaders()
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_http_api_speaks_oip_v2_and_refuses_bad_bodies(zoo: Path) -> None:
+    port = free_port()
+    x, _ = sample_inputs(1)
+    good = {"inputs": [{"name": "input", "shape": [1, 40], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with Agent(make_profile(zoo, None, api_port=port)):
+        assert _http(port, "GET", "/v2/health/live") == (200, {"live": True})
+        assert _http(port, "GET", "/v2/health/ready") == (200, {"ready": True})
+        status, meta = _http(port, "GET", "/v2/models/mnist1d")
+        assert status == 200 and meta["inputs"][0]["shape"] == [-1, 40]  # type: ignore[index]
+        status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", json.dumps(good).encode())
+        assert status == 200 and doc["outputs"][0]["shape"] == [1, 10]  # type: ignore[index]
+        assert doc["parameters"]["source"] == "edge"  # type: ignore[index]
+        cases = [
+            ({**good, "inputs": [{**good["inputs"][0], "shape": [1, 39], "data": [0.0] * 39}]}, 400, "shape_mismatch"),
+            ({**good, "inputs": [{**good["inputs"][0], "datatype": "INT32", "data": [0] * 40}]}, 400, "unsupported_dtype"),
+        ]
+        for body, want_status, code in cases:
+            status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", json.dumps(body).encode())
+            assert (status, doc["code"]) == (want_status, code), doc  # type: ignore[index]
+        status, doc = _http(port, "POST", "/v2/models/digits/infer", json.dumps(good).encode())
+        assert status == 404 and "unknown model" in doc["error"]  # type: ignore[index]
+        status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", b"{not json")
+        assert status == 400 and "not valid JSON" in doc["error"]  # type: ignore[index]
+        assert _oversize_status(port) == 413  # refused from the header, before reading the body
+        status, text = _http(port, "GET", "/metrics")
+        assert status == 200 and 'fedge_requests_total{source="edge",task="mnist1d"} 1.0' in str(text)
+        assert 'fedge_errors_total{code="shape_mismatch",task="mnist1d"} 1.0' in str(text)
+
+
+def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> None:
+    agent, _ = agent_with_cloud
+    assert agent.api is not None
+    x, _ = sample_inputs(200, seed=7)
+    offloaded = next(r for r in (agent.infer(request(x[i:i + 1])) for i in range(200)) if r.source is Source.CLOUD)
+    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+                        json.dumps({"id": offloaded.request_id, "label": 3}).encode())
+    assert status == 200, doc
+    assert agent.samples is not None and 3 in agent.samples.training_set("mnist1d").labels.tolist()
+    status, _ = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": "nope", "label": 1}).encode())
+    assert status == 404
+
+
+def test_heartbeat_and_retained_status_reach_the_broker(zoo: Path, broker: Mosquitto) -> None:
+    topics = Topics()
+    with client(broker, "registry") as registry:
+        inbox = Inbox(registry)
+        subscribe(registry, topics.device_heartbeat("test-dev"))
+        with Agent(make_profile(zoo, broker, offload=THRESHOLD, api_port=free_port())):
+            beat = json.loads(inbox.get(timeout=5).payload)
+    assert beat["device_id"] == "test-dev" and beat["models"] == {"mnist1d": "1"}
+    assert {"offload_rate", "queue_depth", "latency_ms", "rss_mb"} <= beat.keys()
+
+
+def test_the_inference_path_imports_no_torch(zoo: Path) -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from tests.agent_support import make_profile, sample_inputs
+from pathlib import Path
+import numpy as np
+from agent.agent import Agent
+from agent.protocol import InferRequest
+x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+with Agent(make_profile(Path({str(zoo)!r}), None, api_port={free_port()})) as agent:
+    reply = agent.infer(InferRequest("mnist1d", {{"input": x}}))
+assert reply.outputs["probabilities"].shape == (3, 10)
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,124 @@
+"""The micro-batcher with a real ONNX Runtime session on a tiny graph."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from agent.batching import BatcherClosed, MicroBatcher, QueueFull
+from agent.session import open_session
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """softmax(x @ W) with a dynamic batch axis."""
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())],
+    )
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return open_session(Path(path))
+
+
+def run_fn(session, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
+    def run(x: np.ndarray) -> np.ndarray:
+        if calls is not None:
+            calls.append(len(x))
+        return session.run(None, {"x": x})[0]
+    return run
+
+
+def wait_until_taken(batcher: MicroBatcher) -> None:
+    """Until the worker has popped everything queued (it then blocks in run)."""
+    deadline = time.monotonic() + 5
+    while batcher.depth and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert batcher.depth == 0
+
+
+def test_concurrent_callers_get_their_own_rows_and_batches_form(session) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+    batcher = MicroBatcher(run_fn(session, calls), max_batch_size=16, max_queue_delay_ms=20, max_queue_depth=128)
+    x = np.random.default_rng(1).standard_normal((64, 4)).astype(np.float32)
+    expected = session.run(None, {"x": x})[0]
+    results: list[np.ndarray | None] = [None] * 64
+    barrier = threading.Barrier(64)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = batcher.submit(x[i:i + 1]).result(timeout=10)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i, row in enumerate(results):
+        np.testing.assert_allclose(row, expected[i:i + 1], rtol=1e-5)
+    assert sum(calls) == 64 and len(calls) < 64 and max(calls) <= 16
+
+
+def test_priority_first_and_fifo_within_a_priority(session) -> None:  # type: ignore[no-untyped-def]
+    order: list[float] = []
+    gate = threading.Event()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        order.extend(x[:, 0].tolist())
+        return session.run(None, {"x": x})[0]
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=16)
+    first = batcher.submit(np.full((1, 4), -1, np.float32))  # occupies the worker until the gate opens
+    wait_until_taken(batcher)
+    futures = [batcher.submit(np.full((1, 4), v, np.float32), priority=p) for v, p in ((1, 1), (2, 9), (3, 1), (4, 9))]
+    gate.set()
+    for f in (first, *futures):
+        f.result(timeout=5)
+    batcher.close()
+    assert order == [-1, 2, 4, 1, 3]
+
+
+def test_full_queue_refuses_at_once_and_errors_stay_with_their_batch(session) -> None:  # type: ignore[no-untyped-def]
+    gate = threading.Event()
+    fail = {"on": True}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        if fail["on"]:
+            fail["on"] = False
+            raise RuntimeError("boom")
+        return session.run(None, {"x": x})[0]
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=2)
+    one = np.zeros((1, 4), np.float32)
+    running = batcher.submit(one)
+    wait_until_taken(batcher)
+    queued = [batcher.submit(one), batcher.submit(one)]
+    with pytest.raises(QueueFull):
+        batcher.submit(one)
+    gate.set()
+    with pytest.raises(RuntimeError, match="boom"):
+        running.result(timeout=5)
+    assert all(f.result(timeout=5).shape == (1, 3) for f in queued)
+    batcher.close()
+
+
+def test_close_drains_or_fails_what_is_queued(session) -> None:  # type: ignore[no-untyped-def]
+    batcher = MicroBatcher(run_fn(session), max_batch_size=4, max_queue_delay_ms=50, max_queue_depth=16)
+    futures: list[Future[np.ndarray]] = [batcher.submit(np.zeros((1, 4), np.float32)) for _ in range(6)]
+    batcher.close(drain=True)
+    assert all(f.result(timeout=1).shape == (1, 3) for f in futures)
+    with pytest.raises(BatcherClosed):
+        batcher.submit(np.zeros((1, 4), np.float32))
