@@ -42,8 +42,9 @@ bench: install
 	$(PY) -m bench $(ARGS)
 
 demo: install
-	@echo "make demo: the end-to-end path (coordinator, 2 workers, 2 agents over a private broker)"
-	@echo "lands with the edge-agent and cloud-coordinator issues; it is not built yet."
+	@echo "make demo: coordinator with 2 workers and 2 agents over a private broker."
+	@echo "The edge agent (fedge-agent run/infer) and the model zoo work today; the cloud"
+	@echo "coordinator (fedge-cloud serve) does not exist yet, so there is no demo to run."
 	@exit 1
 
 clean:

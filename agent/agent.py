@@ -176,15 +176,15 @@ class Agent:
     def _serve(self, task: _Task, request: InferRequest, started: float) -> InferReply:
         x = task.model.check_input(request.tensor)
         deadline = started + (request.timeout_ms if request.timeout_ms is not None else task.deadline_ms) / 1000
+        if task.policy is None or task.limits is None:  # local only: no load picture needed
+            probs, timings = self._run_local(task, request, x, deadline)
+            return self._local_reply(task, request, probs, timings, degraded=False)
         pressure = self._pressure(task)
-        if task.limits is not None and over_capacity(task.limits, pressure) and \
-                may_offload(task.limits, pressure, request.priority) is None:
+        if over_capacity(task.limits, pressure) and may_offload(task.limits, pressure, request.priority) is None:
             reply = self._ask_cloud(task, request, x, None, deadline, Reason.CAPACITY, {})
             if reply is not None:
                 return reply
         probs, timings = self._run_local(task, request, x, deadline)
-        if task.policy is None or task.limits is None:
-            return self._local_reply(task, request, probs, timings, degraded=False)
         conf = float(confidence(probs, task.metric).min())  # type: ignore[arg-type]
         if not task.policy.wants_offload(conf):
             self.metrics.offload_window.add(0.0)

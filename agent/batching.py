@@ -52,9 +52,16 @@ class MicroBatcher:
         self._closing = False
         self._service_ms_per_row = 0.0
         self._last_batch_rows = 0
+        self._busy = False  # a batch (or an inline call) is running
         self.batches_run = 0
         self._worker = threading.Thread(target=self._loop, name=f"fedge-batch-{name}", daemon=True)
         self._worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """A batch (or a lone caller's inline run) is on the model right now."""
+        with self._cond:
+            return self._busy
 
     @property
     def depth(self) -> int:
@@ -68,15 +75,26 @@ class MicroBatcher:
         return rows * self._service_ms_per_row
 
     def submit(self, x: np.ndarray, priority: int = 5) -> Future[np.ndarray]:
-        """Queue ``x`` ([rows, ...]); raises QueueFull or BatcherClosed instead of blocking."""
+        """Queue ``x`` ([rows, ...]); raises QueueFull or BatcherClosed instead of blocking.
+
+        A caller who finds the model idle and nobody queued runs it on its own thread,
+        already done when this returns: no hand-off to the worker for a lone request.
+        """
         future: Future[np.ndarray] = Future()
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the model is shutting down")
-            if len(self._heap) >= self.max_queue_depth:
+            inline = not self._busy and not self._heap and self._last_batch_rows <= 1
+            if inline:
+                self._busy = True
+            elif len(self._heap) >= self.max_queue_depth:
                 raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
-            heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
-            self._cond.notify()
+            else:
+                heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
+                self._cond.notify()
+                return future
+        future.set_running_or_notify_cancel()
+        self._execute([_Item((-priority, 0), x, future, 0.0)])
         return future
 
     def close(self, drain: bool = True) -> None:
@@ -93,8 +111,8 @@ class MicroBatcher:
     def _take_batch(self) -> list[_Item] | None:
         """Wait for work, let a batch fill (bounded by the delay), and pop it; None when closed and empty."""
         with self._cond:
-            while not self._heap:
-                if self._closing:
+            while not self._heap or self._busy:  # one run on the model at a time, inline or batched
+                if self._closing and not self._heap:
                     return None
                 self._cond.wait()
             first = self._heap[0]
@@ -120,26 +138,38 @@ class MicroBatcher:
                 rows += len(item.x)
             for item in skipped:
                 heapq.heappush(self._heap, item)
+            self._busy = True
             return batch
 
     def _loop(self) -> None:
         while (batch := self._take_batch()) is not None:
             live = [item for item in batch if item.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            started = time.perf_counter()
-            try:
-                stacked = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
-                outputs = self._run_batch(stacked)
-            except Exception as exc:  # a failing run fails its own requests, never the worker
-                for item in live:
-                    item.future.set_exception(exc)
-                continue
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            rows = len(stacked)
+            if live:
+                self._execute(live)
+            else:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _execute(self, live: list[_Item]) -> None:
+        """Run one batch and hand each caller its rows; a failing run fails only its own requests."""
+        started = time.perf_counter()
+        try:
+            stacked = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
+            outputs = self._run_batch(stacked)
+        except Exception as exc:
+            outputs = None
+            for item in live:
+                item.future.set_exception(exc)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        rows = sum(len(item.x) for item in live)
+        with self._cond:
+            self._busy = False
             self._last_batch_rows = rows
             self._service_ms_per_row = 0.8 * self._service_ms_per_row + 0.2 * (elapsed_ms / max(rows, 1))
             self.batches_run += 1
+            self._cond.notify()
+        if outputs is not None:
             offset = 0
             for item in live:
                 item.future.set_result(outputs[offset:offset + len(item.x)])

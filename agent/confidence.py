@@ -13,11 +13,12 @@ from agent.profile.offload import Metric
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64 for stability, returned as float32."""
-    z = logits.astype(np.float64) / temperature
+    """Row-wise float32 softmax of ``logits / temperature`` (max-shifted, so no overflow), in place on a copy."""
+    z = np.divide(logits, temperature, dtype=np.float32)
     z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def confidence(probs: np.ndarray, metric: Metric) -> np.ndarray:

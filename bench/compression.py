@@ -22,11 +22,11 @@ from typing import Any
 
 from agent.model_store import ModelStore
 from bench.results_file import Goal, write_result
+from bench.zoo_models import data_options, train_zoo
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
 from cloud.compress.report import plot, report_document
 from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.search import search, trained_model
-from cloud.zoo.pipeline import train_and_publish
 from cloud.zoo.tasks import DataOptions, get_task
 
 TASKS = ("mnist1d", "digits")
@@ -56,10 +56,8 @@ def _distillation(task: str, store: ModelStore, data: DataOptions, quick: bool) 
 
 
 def run_task(task: str, store: ModelStore, workdir: Path, quick: bool) -> dict[str, Any]:
-    data = DataOptions(train_size=400, test_size=200) if quick else DataOptions()
-    for role in ("cloud", "edge"):
-        result = train_and_publish(store, task, role, epochs=2 if quick else None, data=data, progress=False)
-        print(f"compression: {task}/{role} trained, test accuracy {result.test_accuracy:.2%}")
+    data = data_options(quick)
+    train_zoo(store, task, quick)
     out: dict[str, Any] = {"distillation": _distillation(task, store, data, quick)}
     for base in ("cloud", "edge"):
         print(f"compression: {task}, compressing the {base} architecture")

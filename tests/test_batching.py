@@ -39,12 +39,15 @@ def run_fn(session, calls: list[int] | None = None):  # type: ignore[no-untyped-
     return run
 
 
-def wait_until_taken(batcher: MicroBatcher) -> None:
-    """Until the worker has popped everything queued (it then blocks in run)."""
+def occupy(batcher: MicroBatcher, x: np.ndarray) -> Future[np.ndarray]:
+    """Submit ``x`` from another caller's thread and wait until the model is busy with it."""
+    holder: list[Future[np.ndarray]] = []
+    threading.Thread(target=lambda: holder.append(batcher.submit(x)), daemon=True).start()
     deadline = time.monotonic() + 5
-    while batcher.depth and time.monotonic() < deadline:
+    while not (batcher.busy and batcher.depth == 0) and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert batcher.depth == 0
+    assert batcher.busy
+    return holder  # type: ignore[return-value]  # filled once the inline run returns
 
 
 def test_concurrent_callers_get_their_own_rows_and_batches_form(session) -> None:  # type: ignore[no-untyped-def]
@@ -80,11 +83,10 @@ def test_priority_first_and_fifo_within_a_priority(session) -> None:  # type: ig
         return session.run(None, {"x": x})[0]
 
     batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=16)
-    first = batcher.submit(np.full((1, 4), -1, np.float32))  # occupies the worker until the gate opens
-    wait_until_taken(batcher)
+    occupy(batcher, np.full((1, 4), -1, np.float32))  # holds the model until the gate opens
     futures = [batcher.submit(np.full((1, 4), v, np.float32), priority=p) for v, p in ((1, 1), (2, 9), (3, 1), (4, 9))]
     gate.set()
-    for f in (first, *futures):
+    for f in futures:
         f.result(timeout=5)
     batcher.close()
     assert order == [-1, 2, 4, 1, 3]
@@ -103,21 +105,36 @@ def test_full_queue_refuses_at_once_and_errors_stay_with_their_batch(session) ->
 
     batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=2)
     one = np.zeros((1, 4), np.float32)
-    running = batcher.submit(one)
-    wait_until_taken(batcher)
+    running = occupy(batcher, one)
     queued = [batcher.submit(one), batcher.submit(one)]
     with pytest.raises(QueueFull):
         batcher.submit(one)
     gate.set()
+    deadline = time.monotonic() + 5
+    while not running and time.monotonic() < deadline:
+        time.sleep(0.001)
     with pytest.raises(RuntimeError, match="boom"):
-        running.result(timeout=5)
+        running[0].result(timeout=5)
     assert all(f.result(timeout=5).shape == (1, 3) for f in queued)
     batcher.close()
 
 
+def test_lone_caller_runs_inline(session) -> None:  # type: ignore[no-untyped-def]
+    callers: list[str] = []
+    batcher = MicroBatcher(lambda x: callers.append(threading.current_thread().name) or session.run(None, {"x": x})[0],
+                           max_batch_size=8, max_queue_delay_ms=50)
+    future = batcher.submit(np.zeros((1, 4), np.float32))
+    assert future.done() and callers == [threading.current_thread().name]
+    batcher.close()
+
+
 def test_close_drains_or_fails_what_is_queued(session) -> None:  # type: ignore[no-untyped-def]
-    batcher = MicroBatcher(run_fn(session), max_batch_size=4, max_queue_delay_ms=50, max_queue_depth=16)
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda x: gate.wait(5) and session.run(None, {"x": x})[0], max_batch_size=4,
+                           max_queue_delay_ms=50, max_queue_depth=16)
+    occupy(batcher, np.zeros((1, 4), np.float32))
     futures: list[Future[np.ndarray]] = [batcher.submit(np.zeros((1, 4), np.float32)) for _ in range(6)]
+    gate.set()
     batcher.close(drain=True)
     assert all(f.result(timeout=1).shape == (1, 3) for f in futures)
     with pytest.raises(BatcherClosed):

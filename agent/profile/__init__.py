@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from agent.profile.loader import load_profile, parse_profile
 from agent.profile.problems import Location, Problem, ProfileError
-from agent.profile.resolve import (
-    ProviderChoice,
-    choose_providers,
-    ort_available_providers,
-    resolve_password,
-)
+from agent.profile.resolve import resolve_password
 from agent.profile.schema import Profile, profile_json_schema
 
 __all__ = [
@@ -21,10 +16,7 @@ __all__ = [
     "Problem",
     "Profile",
     "ProfileError",
-    "ProviderChoice",
-    "choose_providers",
     "load_profile",
-    "ort_available_providers",
     "parse_profile",
     "profile_json_schema",
     "resolve_password",

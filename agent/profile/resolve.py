@@ -1,54 +1,18 @@
 """Runtime facts a profile refers to, resolved at start-up, never during validation.
 
 Validation stays pure (a profile validates the same on a laptop as on the
-device); whether this ONNX Runtime build has CUDA, or the password variable is
-set, is checked here, when the agent is about to use it.
+device); whether the password variable is set is checked here, when the agent
+is about to connect. Which execution providers this ONNX Runtime build has is
+resolved where sessions are made (agent/session.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
-from agent.profile.hardware import HardwareConfig
 from agent.profile.problems import Problem, ProfileError
 from agent.profile.schema import Profile
-
-
-@dataclass(frozen=True)
-class ProviderChoice:
-    """The configured providers this ONNX Runtime build has, and the ones it lacks."""
-
-    providers: list[tuple[str, dict[str, str]]]
-    missing: list[str]
-
-
-def choose_providers(hardware: HardwareConfig, available: Sequence[str]) -> ProviderChoice:
-    """Keep the configured providers that `available` (ORT's list) contains, in order.
-
-    Raises ProfileError when none is left: running on no provider is not a fallback.
-    """
-    chosen = [(name, options) for name, options in hardware.ort_providers() if name in available]
-    missing = [name for name, _ in hardware.ort_providers() if name not in available]
-    if not chosen:
-        raise ProfileError([
-            Problem(
-                None,
-                "hardware.execution_providers",
-                f"none of the configured providers ({', '.join(missing)}) is in this ONNX"
-                f" Runtime build, which has: {', '.join(available)}; add {{type: cpu}} as"
-                " the last entry",
-            )
-        ])
-    return ProviderChoice(chosen, missing)
-
-
-def ort_available_providers() -> list[str]:
-    """The execution providers of the installed ONNX Runtime (imported only when asked)."""
-    import onnxruntime
-
-    return list(onnxruntime.get_available_providers())
 
 
 def resolve_password(profile: Profile, env: Mapping[str, str] = os.environ) -> str | None:

@@ -1,0 +1,56 @@
+"""Micro-batching: throughput of 64 concurrent callers with dynamic batching on against off.
+
+The same agent, the same model, in the same run; only ``max_batch_size``
+differs (32 with a 2 ms window, or 1). Goal: batching on >= 3x the throughput
+of batching off. The model is the MNIST-1D cloud CNN served locally (as an
+x86 gateway would), where a batch of 32 costs far less than 32 single runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from agent.model_store import ModelStore
+from agent.protocol import InferRequest
+from bench.agent_rig import calls_per_second, running_agent
+from bench.results_file import Goal, write_result
+from bench.zoo_models import train_zoo
+
+CALLERS = 64
+
+
+def throughput(store: ModelStore, state: Path, batch: int, seconds: float) -> float:
+    """Answered requests per second with ``CALLERS`` threads calling ``agent.infer`` in a loop."""
+    x = np.random.default_rng(0).standard_normal((CALLERS, 40)).astype(np.float32)
+    with running_agent(store.root, state, model="mnist1d-cloud",
+                       batching={"max_batch_size": batch, "max_queue_delay_ms": 2 if batch > 1 else 0}) as agent:
+        return calls_per_second(lambda k: agent.infer(InferRequest("mnist1d", {"input": x[k:k + 1]})), CALLERS, seconds)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m bench.microbatch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seconds = 0.5 if args.quick else 5.0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(Path(tmp) / "store")
+        train_zoo(store, "mnist1d", quick=True, roles=("cloud",))
+        off = throughput(store, Path(tmp) / "off", 1, seconds)
+        on = throughput(store, Path(tmp) / "on", 32, seconds)
+    metrics = {"batching_off_per_s": round(off, 1), "batching_on_per_s": round(on, 1), "speedup": round(on / off, 3)}
+    goals = {"speedup": Goal(metrics["speedup"], ">=", 3.0)}
+    path = write_result("microbatch", {"callers": CALLERS, "seconds": seconds, "model": "mnist1d-cloud",
+                                       "max_batch_size_on": 32, "max_queue_delay_ms_on": 2},
+                        metrics, goals, results_dir=args.results_dir)
+    print(f"microbatch: {metrics}\nmicrobatch: wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
