@@ -29,7 +29,7 @@ from agent.model_store import ModelStore
 from agent.mqtt_client import TlsFiles
 from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
 from agent.policy import CapacityLimits, ConfidencePolicy, Pressure, Reason, confidence_policy, may_offload, over_capacity
-from agent.profile.offload import GeometricMeanFusion
+from agent.profile.offload import GeometricMeanFusion, Metric
 from agent.profile.resolve import resolve_password
 from agent.profile.schema import Profile
 from agent.protocol import (
@@ -56,7 +56,7 @@ class _Task:
     model: LocalModel
     policy: ConfidencePolicy | None
     limits: CapacityLimits | None
-    metric: str
+    metric: Metric
     fusion_weight: float | None
     deadline_ms: float
 
@@ -185,7 +185,7 @@ class Agent:
             if reply is not None:
                 return reply
         probs, timings = self._run_local(task, request, x, deadline)
-        conf = float(confidence(probs, task.metric).min())  # type: ignore[arg-type]
+        conf = float(confidence(probs, task.metric).min())
         if not task.policy.wants_offload(conf):
             self.metrics.offload_window.add(0.0)
             return self._local_reply(task, request, probs, timings, degraded=False)
@@ -198,7 +198,7 @@ class Agent:
 
     def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
                    ) -> tuple[np.ndarray, dict[str, float]]:
-        queued = time.monotonic()
+        queued = time.perf_counter()
         try:
             future = task.model.batcher.submit(x, request.priority)
         except QueueFull as exc:
@@ -212,8 +212,10 @@ class Agent:
             raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
         except BatcherClosed as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
-        total_ms = (time.monotonic() - queued) * 1000
-        return softmax(logits, task.model.temperature), {"local": total_ms}
+        done = time.perf_counter()
+        run_started = future.run_started or queued
+        timings = {"queue": (run_started - queued) * 1000, "local": (done - run_started) * 1000}
+        return softmax(logits, task.model.temperature), timings
 
     def _ask_cloud(self, task: _Task, request: InferRequest, x: np.ndarray, local_probs: np.ndarray | None,
                    deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | None:

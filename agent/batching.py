@@ -29,11 +29,17 @@ class BatcherClosed(Exception):
     """The batcher stopped before this request could run."""
 
 
+class Pending(Future[np.ndarray]):
+    """A queued request's future; ``run_started`` (perf_counter) splits its wait from its run."""
+
+    run_started: float | None = None
+
+
 @dataclass(order=True)
 class _Item:
     key: tuple[int, int]
     x: np.ndarray = field(compare=False)
-    future: Future[np.ndarray] = field(compare=False)
+    future: Pending = field(compare=False)
     enqueued: float = field(compare=False)
 
 
@@ -74,13 +80,13 @@ class MicroBatcher:
             rows = sum(len(item.x) for item in self._heap)
         return rows * self._service_ms_per_row
 
-    def submit(self, x: np.ndarray, priority: int = 5) -> Future[np.ndarray]:
+    def submit(self, x: np.ndarray, priority: int = 5) -> Pending:
         """Queue ``x`` ([rows, ...]); raises QueueFull or BatcherClosed instead of blocking.
 
         A caller who finds the model idle and nobody queued runs it on its own thread,
         already done when this returns: no hand-off to the worker for a lone request.
         """
-        future: Future[np.ndarray] = Future()
+        future = Pending()
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the model is shutting down")
@@ -154,6 +160,8 @@ class MicroBatcher:
     def _execute(self, live: list[_Item]) -> None:
         """Run one batch and hand each caller its rows; a failing run fails only its own requests."""
         started = time.perf_counter()
+        for item in live:
+            item.future.run_started = started
         try:
             stacked = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
             outputs = self._run_batch(stacked)

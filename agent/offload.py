@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import threading
-import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -63,10 +62,9 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class CloudStatus:
-    """The coordinator's retained status and when we saw it."""
+    """The coordinator's retained status (absent until one arrives; cleared when the connection drops)."""
 
     doc: dict[str, Any]
-    received_at: float
 
     @property
     def overloaded(self) -> bool:
@@ -163,7 +161,7 @@ class OffloadClient:
         except (UnicodeDecodeError, json.JSONDecodeError):
             log.warning("ignored an unreadable cloud status")
             return
-        self._cloud_status = CloudStatus(doc, time.monotonic()) if isinstance(doc, dict) else None
+        self._cloud_status = CloudStatus(doc) if isinstance(doc, dict) else None
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, request: InferRequest) -> tuple[bytes, Future[InferReply | ErrorReply]]:

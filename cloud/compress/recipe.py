@@ -37,7 +37,7 @@ class Unstructured(_Strict):
 class Pruning(_Strict):
     structured: Structured = Field(default_factory=Structured)
     unstructured: Unstructured = Field(default_factory=Unstructured)
-    finetune_epochs: int = Field(15, ge=0, le=500)
+    finetune_epochs: int = Field(30, ge=0, le=500)
 
 
 class Quantization(_Strict):
