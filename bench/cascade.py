@@ -12,7 +12,6 @@ cascade reaches >= 0.99x the cloud-only accuracy.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 from agent.confidence import confidence, fuse, softmax
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import data_options, train_zoo
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
 from cloud.compress.search import search
@@ -113,11 +112,7 @@ def plot(metrics: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.cascade", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("cascade", __doc__, argv)
     metrics: dict[str, Any] = {}
     goals: dict[str, Goal] = {}
     with tempfile.TemporaryDirectory() as tmp:

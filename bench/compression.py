@@ -15,13 +15,12 @@ the fp32 cloud model reaches the paper's CNN accuracy (94%) on MNIST-1D.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from agent.model_store import ModelStore
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import data_options, train_zoo
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
 from cloud.compress.report import plot, report_document
@@ -67,11 +66,7 @@ def run_task(task: str, store: ModelStore, workdir: Path, quick: bool) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.compression", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, a 4-variant grid")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("compression", __doc__, argv, "tiny data, 2 epochs, a 4-variant grid")
     metrics: dict[str, Any] = {}
     goals: dict[str, Goal] = {}
     with tempfile.TemporaryDirectory() as tmp:

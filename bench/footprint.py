@@ -9,7 +9,6 @@ broker. Goals (from the edge-agent issue): idle RSS <= 100 MB, start to ready
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from agent.model_store import ModelStore
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
 from cloud.mosquitto import Mosquitto, free_port
 
@@ -61,11 +60,7 @@ def _start(argv: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one start of each instead of five")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("footprint", __doc__, argv, "one start of each instead of five")
     runs = 1 if args.quick else 5
     agent_cli = str(Path(sys.executable).with_name("fedge-agent"))
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "broker") as broker:

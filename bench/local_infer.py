@@ -9,7 +9,6 @@ load (8 callers) the ratio is reported too.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -19,16 +18,12 @@ from agent.model_store import ModelStore
 from agent.protocol import InferRequest
 from agent.session import open_session
 from bench.agent_rig import calls_per_second, running_agent
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.local_infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("local_infer", __doc__, argv)
     seconds = 0.5 if args.quick else 5.0
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "store")

@@ -8,7 +8,6 @@ x86 gateway would), where a batch of 32 costs far less than 32 single runs.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from agent.model_store import ModelStore
 from agent.protocol import InferRequest
 from bench.agent_rig import calls_per_second, running_agent
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
 
 CALLERS = 64
@@ -32,11 +31,7 @@ def throughput(store: ModelStore, state: Path, batch: int, seconds: float) -> fl
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.microbatch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("microbatch", __doc__, argv)
     seconds = 0.5 if args.quick else 5.0
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "store")

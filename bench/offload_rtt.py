@@ -13,7 +13,6 @@ cores), so that throughput is a floor, not what separate machines would see.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from agent.model_store import ModelStore
 from agent.protocol import InferRequest, Source
 from bench.agent_rig import calls_per_second, running_agent
 from bench.raw_mqtt import Case, PingPong, percentile
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
 from cloud.mosquitto import Mosquitto
 from cloud.reference_worker import ReferenceWorker
@@ -48,11 +47,7 @@ def _round_trips(agent: Agent, x: np.ndarray, count: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.offload_rtt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = bench_arguments("offload_rtt", __doc__, argv)
     count, seconds = (100, 0.5) if args.quick else (3000, 5.0)
     x = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
     metrics: dict[str, Any] = {}

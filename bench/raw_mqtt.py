@@ -16,7 +16,6 @@ Goals (ratios within this run):
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.mqtt_client import connect, new_client
-from bench.results_file import Goal, write_result
+from bench.results_file import Goal, bench_arguments, write_result
 from cloud.mosquitto import Mosquitto
 
 PING, PONG = "bench/ping", "bench/pong"
@@ -135,11 +134,7 @@ def measure(nodelay: bool, cases: list[Case], round_trips: int, messages: int) -
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m bench.raw_mqtt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few hundred messages, for the smoke test")
-    parser.add_argument("--results-dir", type=Path, default=None, help="where to write raw_mqtt.json")
-    args = parser.parse_args(argv)
+    args = bench_arguments("raw_mqtt", __doc__, argv, "a few hundred messages, for the smoke test")
     round_trips, messages = (100, 500) if args.quick else (3000, 5000)
     # With Nagle on, a QoS 1 round trip stalls ~90 ms: a tenth of the samples tell the story.
     samples = {False: max(50, round_trips // 10), True: round_trips}

@@ -6,6 +6,7 @@ measured in the same run; this module only records them, uniformly.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -85,3 +86,14 @@ def write_result(
     path = out_dir / f"{bench}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def bench_arguments(name: str, doc: str | None, argv: list[str] | None,
+                    quick_help: str = "a run of seconds, for the test suite's smoke test") -> argparse.Namespace:
+    """The options every benchmark takes: ``--quick`` and ``--results-dir``."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where to write the result (default: bench/results/)")
+    return parser.parse_args(argv)
