@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from agent.command_line import build_parser, dispatch
 from cloud.compress.commands import add_compress
+from cloud.serving.commands import add_serve
 from cloud.zoo.commands import add_models, add_train
 
-SUBCOMMANDS = (add_train, add_models, add_compress)
+SUBCOMMANDS = (add_train, add_models, add_compress, add_serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,95 @@
+"""`fedge-cloud serve`: start N worker processes, watch them, and publish the retained cloud status.
+
+Agents read ``{prefix}/cloud/status`` before offloading: healthy with room,
+they offload; overloaded or absent, they answer locally. The coordinator's
+Last Will turns the status unhealthy if it dies; a worker that dies is
+restarted, and its in-flight requests fall back to the agents' local answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.model_store import ModelStore
+from agent.mqtt_client import connect, new_client
+from agent.protocol import Topics
+from cloud.serving.worker import WorkerSettings, load_cloud_models, run_worker
+
+log = logging.getLogger(__name__)
+OVERLOADED_AT = 0.8  # share of the total queue capacity in use
+
+
+class Coordinator:
+    """Owns the worker processes and the retained status."""
+
+    def __init__(self, template: WorkerSettings, workers: int, status_interval_s: float = 1.0) -> None:
+        load_cloud_models(ModelStore(template.store), 1)  # fail here, clearly, not in N processes
+        self.template = template
+        self.topics = Topics(template.topic_prefix)
+        self.status_interval_s = status_interval_s
+        self._context = multiprocessing.get_context("spawn")
+        self._workers = [self._spawn(i) for i in range(workers)]
+        self._reports: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._client = new_client("fedge-coordinator")
+        self._client.will_set(self.topics.cloud_status, json.dumps({"healthy": False, "overloaded": True}),
+                              qos=1, retain=True)
+        self._client.on_message = self._on_report
+        self._client.on_connect = lambda c, *_: c.subscribe(f"{template.topic_prefix}/cloud/workers/+", qos=0)
+
+    def _spawn(self, index: int) -> Any:
+        settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
+        process = self._context.Process(target=run_worker, args=(settings,), name=settings.worker_id, daemon=True)
+        process.start()
+        return process
+
+    def _on_report(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            report = json.loads(msg.payload)
+            self._reports[str(report["worker_id"])] = report
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored an unreadable worker report on %s", msg.topic)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._workers]
+
+    def status(self) -> dict[str, Any]:
+        alive = [p for p in self._workers if p.is_alive()]
+        names = {p.name for p in alive}
+        depth = sum(int(r.get("queue_depth", 0)) for w, r in self._reports.items() if w in names)
+        capacity = max(1, len(alive) * self.template.max_queue)
+        return {"healthy": bool(alive), "overloaded": depth >= OVERLOADED_AT * capacity, "workers_alive": len(alive),
+                "queue_depth": depth, "served": {w: r.get("served", 0) for w, r in self._reports.items()},
+                "sent_at": time.time()}
+
+    def run(self) -> None:
+        """Publish status every interval, restarting workers that died, until ``stop``."""
+        connect(self._client, self.template.host, self.template.port)
+        while True:
+            for i, process in enumerate(self._workers):
+                if not process.is_alive() and not self._stop.is_set():
+                    log.warning("worker %s exited with %s; starting a new one", process.name, process.exitcode)
+                    self._workers[i] = self._spawn(i)
+            self._client.publish(self.topics.cloud_status, json.dumps(self.status()), qos=1, retain=True)
+            if self._stop.wait(self.status_interval_s):
+                break
+        for process in self._workers:
+            process.terminate()
+        for process in self._workers:
+            process.join(10)
+        down = json.dumps({"healthy": False, "overloaded": True, "workers_alive": 0, "sent_at": time.time()})
+        self._client.publish(self.topics.cloud_status, down, qos=1, retain=True).wait_for_publish(5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def stop(self) -> None:
+        self._stop.set()
