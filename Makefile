@@ -41,11 +41,9 @@ test: install
 bench: install
 	$(PY) -m bench $(ARGS)
 
+# Trains (or reuses ./store) the zoo's models, then a private broker, 2 workers, 2 agents.
 demo: install
-	@echo "make demo: coordinator with 2 workers and 2 agents over a private broker."
-	@echo "The edge agent (fedge-agent run/infer) and the model zoo work today; the cloud"
-	@echo "coordinator (fedge-cloud serve) does not exist yet, so there is no demo to run."
-	@exit 1
+	$(PY) -m cloud.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

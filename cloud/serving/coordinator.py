@@ -37,7 +37,7 @@ class Coordinator:
         self.status_interval_s = status_interval_s
         self._context = multiprocessing.get_context("spawn")
         self._workers = [self._spawn(i) for i in range(workers)]
-        self._reports: dict[str, dict[str, Any]] = {}
+        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}  # worker id -> (received, report)
         self._stop = threading.Event()
         self._client = new_client("fedge-coordinator")
         self._client.will_set(self.topics.cloud_status, json.dumps({"healthy": False, "overloaded": True}),
@@ -54,7 +54,7 @@ class Coordinator:
     def _on_report(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             report = json.loads(msg.payload)
-            self._reports[str(report["worker_id"])] = report
+            self._reports[str(report["worker_id"])] = (time.monotonic(), report)
         except (ValueError, KeyError, TypeError):
             log.warning("ignored an unreadable worker report on %s", msg.topic)
 
@@ -63,12 +63,14 @@ class Coordinator:
         return [p.pid for p in self._workers]
 
     def status(self) -> dict[str, Any]:
-        alive = [p for p in self._workers if p.is_alive()]
-        names = {p.name for p in alive}
-        depth = sum(int(r.get("queue_depth", 0)) for w, r in self._reports.items() if w in names)
-        capacity = max(1, len(alive) * self.template.max_queue)
-        return {"healthy": bool(alive), "overloaded": depth >= OVERLOADED_AT * capacity, "workers_alive": len(alive),
-                "queue_depth": depth, "served": {w: r.get("served", 0) for w, r in self._reports.items()},
+        """Workers count as alive once they report (so they are subscribed), and while they keep reporting."""
+        fresh_after = time.monotonic() - 3 * max(self.status_interval_s, self.template.status_interval_s)
+        running = {p.name for p in self._workers if p.is_alive()}
+        ready = {w: r for w, (seen, r) in self._reports.items() if w in running and seen >= fresh_after}
+        depth = sum(int(r.get("queue_depth", 0)) for r in ready.values())
+        capacity = max(1, len(ready) * self.template.max_queue)
+        return {"healthy": bool(ready), "overloaded": depth >= OVERLOADED_AT * capacity, "workers_alive": len(ready),
+                "queue_depth": depth, "served": {w: r.get("served", 0) for w, (_, r) in self._reports.items()},
                 "sent_at": time.time()}
 
     def run(self) -> None:

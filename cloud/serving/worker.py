@@ -80,8 +80,10 @@ def load_cloud_models(store: ModelStore, threads: int) -> dict[str, _Model]:
             continue
         stored = store.verified(task, name)
         session = open_session(stored.model_path, intra_op_threads=threads)
-        models[task] = _Model(session, session.get_inputs()[0].name, name, str(stored.manifest.version),
-                              stored.manifest.temperature)
+        spec = stored.manifest.inputs[0]
+        warm = np.zeros([d or 1 for d in spec.shape], dtype=spec.dtype)
+        session.run(None, {spec.name: warm})  # the first run allocates; do it before a request waits on it
+        models[task] = _Model(session, spec.name, name, str(stored.manifest.version), stored.manifest.temperature)
     if not models:
         raise LookupError(f"the store {store.root} holds no <task>-cloud model to serve; train one first: "
                           "fedge-cloud train --task mnist1d --model cloud")
