@@ -18,9 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.agent import Agent
-from agent.model_store import ModelStore
 from agent.protocol import (
-    BodyKind,
     ErrorCode,
     ErrorReply,
     InferReply,
