@@ -6,11 +6,12 @@ import sys
 from collections.abc import Sequence
 
 from agent.command_line import build_parser, dispatch
+from cloud.access_commands import add_acl
 from cloud.compress.commands import add_compress
 from cloud.serving.commands import add_serve
 from cloud.zoo.commands import add_models, add_train
 
-SUBCOMMANDS = (add_train, add_models, add_compress, add_serve)
+SUBCOMMANDS = (add_train, add_models, add_compress, add_serve, add_acl)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,33 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from cloud.access import Fleet, acl_text
 from cloud.mosquitto import Mosquitto, MosquittoError, ServerTls, find_binary
 from tests.tls_certs import CertSet, make_certs
 
-# A device may publish its own status/heartbeat and inference requests and read its own replies;
-# a worker reads requests from the shared subscription and writes replies.
-ACL = """\
-user device-a
-topic write fedge/v1/infer/#
-topic write fedge/v1/device/device-a/#
-topic read fedge/v1/device/device-a/reply
-topic read fedge/v1/models/#
-topic read fedge/v1/cloud/status
-
-user device-b
-topic write fedge/v1/infer/#
-topic write fedge/v1/device/device-b/#
-topic read fedge/v1/device/device-b/reply
-topic read fedge/v1/models/#
-topic read fedge/v1/cloud/status
-
-user worker
-topic read fedge/v1/infer/+
-topic write fedge/v1/device/+/reply
-topic write fedge/v1/replies/#
-topic write fedge/v1/cloud/status
-"""
-USERS = {"device-a": "pw-a", "device-b": "pw-b", "worker": "pw-worker"}
+# The fleet the ACL tests use, its ACL written by the same code as `fedge-cloud acl`.
+FLEET = Fleet(devices=["device-a", "device-b"], workers=["worker"], coordinators=["coordinator"])
+ACL = acl_text(FLEET)
+USERS = {"device-a": "pw-a", "device-b": "pw-b", "worker": "pw-worker", "coordinator": "pw-coordinator"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -69,6 +50,6 @@ def tls_broker(tmp_path: Path) -> Iterator[TlsBroker]:
 
 @pytest.fixture
 def acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A broker with a password file and the ACL above; anonymous clients are refused."""
+    """A broker with a password file and the fleet ACL above; anonymous clients are refused."""
     with Mosquitto(tmp_path / "broker", users=USERS, acl=ACL) as running:
         yield running

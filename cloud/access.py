@@ -1,0 +1,104 @@
+"""Broker access for a fleet: one Mosquitto user per device and service, and an ACL that keeps them apart.
+
+A device may publish only its own status and heartbeat and inference requests,
+and read only its own replies, the model manifests and the cloud status, so a
+compromised device can neither read another's answers nor pose as the cloud.
+Workers read requests and write replies; the coordinator writes the cloud
+status and manifests and reads what devices report.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.protocol import Topics
+from agent.protocol.topics import check_segment
+from cloud.mosquitto import write_password_file
+
+
+class FleetError(ValueError):
+    """A devices file that cannot be used; the message names the file and the problem."""
+
+
+class Fleet(BaseModel):
+    """The devices file: who may connect to the broker, by role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic_prefix: str = Field("fedge/v1", description="Topic prefix the fleet uses")
+    devices: list[str] = Field(min_length=1, description="Device ids (MQTT user names), as in each profile")
+    workers: list[str] = Field(["worker"], description="Users of fedge-cloud serve's workers")
+    coordinators: list[str] = Field(["coordinator"], description="Users of the coordinator")
+
+
+def load_fleet(path: Path) -> Fleet:
+    try:
+        fleet = Fleet.model_validate(yaml.safe_load(path.read_text()) or {})
+    except OSError as exc:
+        raise FleetError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise FleetError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise FleetError(f"{path}: {where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}") \
+            from None
+    users = [*fleet.devices, *fleet.workers, *fleet.coordinators]
+    for name in users:
+        try:
+            check_segment(name, "user name")
+        except ValueError as exc:
+            raise FleetError(f"{path}: {exc}") from None
+    if len(set(users)) != len(users):
+        raise FleetError(f"{path}: a user name appears twice; each device and service needs its own")
+    return fleet
+
+
+def acl_text(fleet: Fleet) -> str:
+    """The Mosquitto ACL file for a fleet (shared subscriptions are checked against the plain topic)."""
+    t = Topics(fleet.topic_prefix)
+    p = fleet.topic_prefix
+    blocks = []
+    for device in fleet.devices:
+        blocks.append([f"user {device}", f"topic write {p}/infer/#", f"topic write {t.device_status(device)}",
+                       f"topic write {t.device_heartbeat(device)}", f"topic read {t.device_reply(device)}",
+                       f"topic read {p}/models/#", f"topic read {t.cloud_status}"])
+    for worker in fleet.workers:
+        blocks.append([f"user {worker}", f"topic read {t.infer_filter}", f"topic write {p}/device/+/reply",
+                       f"topic write {p}/replies/#", f"topic write {p}/cloud/workers/+"])
+    for coordinator in fleet.coordinators:
+        blocks.append([f"user {coordinator}", f"topic write {t.cloud_status}", f"topic write {p}/models/#",
+                       f"topic read {p}/cloud/workers/+", f"topic read {p}/device/+/status",
+                       f"topic read {p}/device/+/heartbeat"])
+    return "\n\n".join("\n".join(block) for block in blocks) + "\n"
+
+
+@dataclass
+class AccessFiles:
+    passwords: Path
+    acl: Path
+    secrets: dict[str, str] = field(repr=False)
+    created: list[str] = field(default_factory=list)
+
+
+def write_access_files(fleet: Fleet, out: Path) -> AccessFiles:
+    """Write ``passwords``, ``acl`` and ``secrets/<user>`` (kept if present, so re-runs keep passwords)."""
+    secret_dir = out / "secrets"
+    secret_dir.mkdir(parents=True, exist_ok=True)
+    secret_dir.chmod(0o700)
+    known: dict[str, str] = {}
+    created = []
+    for user in [*fleet.devices, *fleet.workers, *fleet.coordinators]:
+        path = secret_dir / user
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+            created.append(user)
+        known[user] = path.read_text().strip()
+    write_password_file(out / "passwords", known)
+    (out / "acl").write_text(acl_text(fleet))
+    return AccessFiles(out / "passwords", out / "acl", known, created)
