@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.validation_errors import describe
+
 MANIFEST_FILE = "manifest.json"
 
 
@@ -79,9 +81,7 @@ def load_manifest(path: Path) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest not found") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ManifestError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+        raise ManifestError(f"{path}: invalid manifest: {describe(exc)}") from None
 
 
 def verify_file(manifest: Manifest, path: Path) -> None:

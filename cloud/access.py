@@ -13,12 +13,12 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.protocol import Topics
 from agent.protocol.topics import check_segment
 from cloud.mosquitto import write_password_file
+from cloud.yaml_file import load_yaml_model
 
 
 class FleetError(ValueError):
@@ -36,17 +36,8 @@ class Fleet(BaseModel):
 
 
 def load_fleet(path: Path) -> Fleet:
-    try:
-        fleet = Fleet.model_validate(yaml.safe_load(path.read_text()) or {})
-    except OSError as exc:
-        raise FleetError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise FleetError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise FleetError(f"{path}: {where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}") \
-            from None
+    """The devices file at ``path``, its user names checked; problems raise FleetError naming the file."""
+    fleet = load_yaml_model(path, Fleet, FleetError)
     users = [*fleet.devices, *fleet.workers, *fleet.coordinators]
     for name in users:
         try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.yaml_file import load_yaml_model
 
 
 class _Strict(BaseModel):
@@ -65,20 +66,4 @@ class RecipeError(ValueError):
 
 def load_recipe(path: Path | None) -> Recipe:
     """Read a recipe file (None: the defaults)."""
-    if path is None:
-        return Recipe()
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return Recipe.model_validate(doc)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
-            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in exc.errors()
-        )
-        raise RecipeError(f"{path}: {problems}") from None
+    return Recipe() if path is None else load_yaml_model(path, Recipe, RecipeError)
