@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.exit_codes import ExitCode
@@ -73,7 +74,17 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     add_store_option(listing)
     listing.set_defaults(run=run_models_list)
-    parser.set_defaults(run=lambda _args: parser.print_help(sys.stderr) or ExitCode.INVALID_INPUT)
+    parser.set_defaults(run=_help_of(parser))
+
+
+def _help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A run function for a command given without its action: its own help, exit 2."""
+
+    def run(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return ExitCode.INVALID_INPUT
+
+    return run
 
 
 def _row(stored: StoredModel) -> dict[str, object]:
