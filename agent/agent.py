@@ -24,7 +24,7 @@ import numpy as np
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse, softmax
 from agent.http_api import ApiServer
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
 from agent.mqtt_client import TlsFiles
 from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
@@ -323,7 +323,7 @@ class Agent:
             "latency_ms": {"local": {"p50": m.local_ms.percentile(50), "p99": m.local_ms.percentile(99)},
                            "offload": {"p50": m.offload_ms.percentile(50), "p99": m.offload_ms.percentile(99)}},
             "cpu_seconds": time.process_time(),
-            "rss_mb": _rss_mb(),
+            "rss_mb": rss_mb(os.getpid()),
             "uptime_s": time.monotonic() - self._started_at,
             "sent_at": time.time(),
         }
@@ -334,10 +334,3 @@ class Agent:
             if self.offload is not None:
                 self.offload.publish_json(self.topics.device_heartbeat(self.device_id), self.heartbeat())
 
-
-def _rss_mb() -> float | None:
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return None

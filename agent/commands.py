@@ -15,13 +15,13 @@ import numpy as np
 
 from agent.agent import Agent
 from agent.exit_codes import ExitCode
-from agent.http_api import reply_document
 from agent.manifest import ManifestError
 from agent.mqtt_client import BrokerAddress
 from agent.offload import BrokerSettings
 from agent.profile import ProfileError, load_profile
 from agent.profile.schema import Profile
 from agent.protocol import InferRequest, ProtocolError, decode_request
+from agent.protocol.oip import reply_document
 
 log = logging.getLogger("fedge.agent")
 

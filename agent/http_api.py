@@ -15,7 +15,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, decode_request, oip
+from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, decode_request
+from agent.protocol.oip import reply_document
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ class InferenceService(Protocol):
     def feedback(self, request_id: str, label: int) -> bool: ...
 
     def metrics_text(self) -> tuple[bytes, str]: ...
-
-
-def reply_document(reply: InferReply) -> dict[str, Any]:
-    """An agent answer as an OIP v2 response body."""
-    return {
-        "model_name": reply.model_name,
-        "model_version": reply.model_version,
-        "id": reply.request_id,
-        "outputs": oip.encode_tensors(reply.outputs),
-        "parameters": {"source": reply.source.value, "degraded": reply.degraded, "timings_ms": reply.timings_ms},
-    }
 
 
 class _Handler(BaseHTTPRequestHandler):

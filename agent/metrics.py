@@ -8,11 +8,29 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of non-empty ``values`` by nearest rank; values need not be sorted."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MiB, from /proc (None where there is no /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class RollingWindow:
@@ -29,10 +47,8 @@ class RollingWindow:
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile (q in 0..100), or None with no data."""
         with self._lock:
-            ordered = sorted(self._values)
-        if not ordered:
-            return None
-        return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+            values = list(self._values)
+        return nearest_rank(values, q) if values else None
 
     def mean(self) -> float | None:
         with self._lock:

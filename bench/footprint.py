@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agent.metrics import rss_mb
 from agent.model_store import ModelStore
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
@@ -35,13 +36,6 @@ agent.stop()
 """
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def _start(argv: list[str]) -> tuple[float, float]:
     """Seconds from spawn to the process's 'ready' line, and its RSS after a second of idling."""
     started = time.perf_counter()
@@ -53,7 +47,10 @@ def _start(argv: list[str]) -> tuple[float, float]:
         if "ready" not in line:
             raise RuntimeError(f"{argv[0]} did not become ready: {line!r}")
         time.sleep(1.0)
-        return ready_s, _rss_mb(proc.pid)
+        rss = rss_mb(proc.pid)
+        if rss is None:
+            raise RuntimeError(f"cannot read the memory of process {proc.pid} (no /proc?)")
+        return ready_s, rss
     finally:
         proc.terminate()
         proc.wait(10)

@@ -25,18 +25,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.metrics import nearest_rank
 from agent.mqtt_client import connect, new_client
 from bench.results_file import Goal, bench_arguments, write_result
 from cloud.mosquitto import Mosquitto
 
 PING, PONG = "bench/ping", "bench/pong"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by nearest rank; values need not be sorted."""
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def measure(nodelay: bool, cases: list[Case], round_trips: int, messages: int) -
                 key = f"qos{case.qos}_{case.payload_bytes}B"
                 rtts = pp.round_trips(case, round_trips)
                 metrics[f"{key}_p50_ms"] = round(statistics.median(rtts), 4)
-                metrics[f"{key}_p99_ms"] = round(percentile(rtts, 99), 4)
+                metrics[f"{key}_p99_ms"] = round(nearest_rank(rtts, 99), 4)
                 metrics[f"{key}_msgs_per_s"] = round(pp.one_way_rate(case, messages), 1)
         finally:
             pp.close()

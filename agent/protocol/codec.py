@@ -218,14 +218,7 @@ def encode_reply(
         pairs = [(tensors.TENSOR_PROPERTY, h) for h in headers] + _reply_pairs(reply)
         props = _properties(CONTENT_TYPE_TENSORS, pairs)
     else:
-        doc = {
-            "model_name": reply.model_name,
-            "model_version": reply.model_version,
-            "id": reply.request_id,
-            "outputs": oip.encode_tensors(reply.outputs),
-            "parameters": {"source": reply.source.value, "degraded": reply.degraded, "timings_ms": reply.timings_ms},
-        }
-        body = json.dumps(doc).encode()
+        body = json.dumps(oip.reply_document(reply)).encode()
         props = _properties(CONTENT_TYPE_JSON, [(P_STATUS, STATUS_OK), (P_REQUEST_ID, reply.request_id)])
     correlation = getattr(request_props, "CorrelationData", None) if request_props is not None else None
     if correlation is not None:

@@ -16,6 +16,7 @@ import numpy as np
 from agent.protocol import dtypes
 from agent.protocol.errors import ErrorCode, ProtocolError
 from agent.protocol.limits import Limits
+from agent.protocol.messages import InferReply
 from agent.protocol.tensors import check_shape, element_count
 
 
@@ -105,3 +106,14 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
         }
         for name, array in tensors.items()
     ]
+
+
+def reply_document(reply: InferReply) -> dict[str, Any]:
+    """An answer as an OIP v2 response body (MQTT JSON replies and the agent's HTTP API alike)."""
+    return {
+        "model_name": reply.model_name,
+        "model_version": reply.model_version,
+        "id": reply.request_id,
+        "outputs": encode_tensors(reply.outputs),
+        "parameters": {"source": reply.source.value, "degraded": reply.degraded, "timings_ms": reply.timings_ms},
+    }
