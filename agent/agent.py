@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agent.batching import BatcherClosed, QueueFull
-from agent.confidence import confidence, fuse, softmax
+from agent.confidence import confidence, fuse
 from agent.http_api import ApiServer
 from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
@@ -198,24 +198,16 @@ class Agent:
 
     def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
                    ) -> tuple[np.ndarray, dict[str, float]]:
-        queued = time.perf_counter()
         try:
-            future = task.model.batcher.submit(x, request.priority)
+            ran = task.model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
         except QueueFull as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, f"{exc}; retry later or with a higher priority") from None
         except BatcherClosed as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
-        try:
-            logits = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            future.cancel()
+        except TimeoutError:
             raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
-        except BatcherClosed as exc:
-            raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
-        done = time.perf_counter()
-        run_started = future.run_started or queued
-        timings = {"queue": (run_started - queued) * 1000, "local": (done - run_started) * 1000}
-        return softmax(logits, task.model.temperature), timings
+        timings = {"queue": ran.queue_s * 1000, "local": ran.run_s * 1000}
+        return ran.outputs, timings
 
     def _ask_cloud(self, task: _Task, request: InferRequest, x: np.ndarray, local_probs: np.ndarray | None,
                    deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | None:
@@ -280,11 +272,9 @@ class Agent:
         )
 
     def _count(self, task: str, reply: InferReply, started: float) -> None:
-        path = reply.source.value if not reply.degraded else "degraded"
-        self.metrics.requests.labels(task, reply.source.value).inc()
-        self.metrics.latency.labels(task, path).observe(time.monotonic() - started)
-        if reply.degraded:
-            self.metrics.degraded.labels(task).inc()
+        source = reply.source.value
+        self.metrics.answered(task, source, "degraded" if reply.degraded else source, reply.degraded,
+                              time.monotonic() - started)
 
     # -- what the HTTP API needs -----------------------------------------------------------
     def model_metadata(self, name: str) -> dict[str, Any] | None:

@@ -15,8 +15,8 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,10 +29,65 @@ class BatcherClosed(Exception):
     """The batcher stopped before this request could run."""
 
 
-class Pending(Future[np.ndarray]):
-    """A queued request's future; ``run_started`` (perf_counter) splits its wait from its run."""
+class Ran(NamedTuple):
+    """One request's rows and where its time went: waiting for the model, then on it."""
 
-    run_started: float | None = None
+    outputs: np.ndarray
+    queue_s: float
+    run_s: float
+
+
+class Pending:
+    """A queued request's result: a one-shot latch, not a ``concurrent.futures.Future``.
+
+    The worker wakes every caller of a batch; a raw lock release is the cheapest wake-up
+    CPython has, where a Future's condition costs a Python-level notify per caller.
+    ``run_started`` (perf_counter) splits the caller's wait from the model's run.
+    """
+
+    __slots__ = ("_latch", "_value", "_error", "_state", "run_started")
+
+    def __init__(self) -> None:
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._state = "queued"  # -> running | cancelled
+        self.run_started: float | None = None
+
+    def claim(self) -> bool:
+        """The worker takes the request; False if its caller already gave up on it."""
+        if self._state == "cancelled":
+            return False
+        self._state = "running"
+        return True
+
+    def cancel(self) -> bool:
+        """The caller gives up; the worker skips it unless it is already running."""
+        if self._state == "queued":
+            self._state = "cancelled"
+        return self._state == "cancelled"
+
+    def set_result(self, value: np.ndarray) -> None:
+        self._value = value
+        self._latch.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._latch.release()
+
+    def done(self) -> bool:
+        return not self._latch.locked()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """The rows, the run's exception, or TimeoutError after ``timeout`` seconds."""
+        if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("no result within the timeout")
+        self._latch.release()  # stays readable for a second look
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 @dataclass(order=True)
@@ -57,6 +112,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closing = False
         self._service_ms_per_row = 0.0
+        self._queued_rows = 0  # rows in the heap, kept as a count so nobody sums the heap under the lock
         self._last_batch_rows = 0
         self._busy = False  # a batch (or an inline call) is running
         self.batches_run = 0
@@ -77,31 +133,61 @@ class MicroBatcher:
     def estimated_wait_ms(self) -> float:
         """How long a new request would wait: queued rows times the recent per-row service time."""
         with self._cond:
-            rows = sum(len(item.x) for item in self._heap)
+            rows = self._queued_rows
         return rows * self._service_ms_per_row
 
     def submit(self, x: np.ndarray, priority: int = 5) -> Pending:
-        """Queue ``x`` ([rows, ...]); raises QueueFull or BatcherClosed instead of blocking.
-
-        A caller who finds the model idle and nobody queued runs it on its own thread,
-        already done when this returns: no hand-off to the worker for a lone request.
-        """
+        """Queue ``x`` ([rows, ...]) for the worker; raises QueueFull or BatcherClosed instead of blocking."""
         future = Pending()
         with self._cond:
-            if self._closing:
-                raise BatcherClosed("the model is shutting down")
+            self._enqueue(x, priority, future)
+        return future
+
+    def call(self, x: np.ndarray, priority: int = 5, timeout_s: float | None = None) -> Ran:
+        """Run ``x`` and wait for its rows (TimeoutError after ``timeout_s``, the request is then dropped).
+
+        A caller who finds the model idle and nobody queued runs it on its own thread: no
+        hand-off to the worker and no future for a lone request, which is most requests on
+        a device.
+        """
+        with self._cond:
             inline = not self._busy and not self._heap and self._last_batch_rows <= 1
             if inline:
+                if self._closing:
+                    raise BatcherClosed("the model is shutting down")
                 self._busy = True
-            elif len(self._heap) >= self.max_queue_depth:
-                raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
             else:
-                heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
-                self._cond.notify()
-                return future
-        future.set_running_or_notify_cancel()
-        self._execute([_Item((-priority, 0), x, future, 0.0)])
-        return future
+                future = Pending()
+                self._enqueue(x, priority, future)
+        if inline:
+            started = time.perf_counter()
+            try:
+                outputs = self._run_batch(x)
+            finally:
+                self._finished(len(x), started)
+            return Ran(outputs, 0.0, time.perf_counter() - started)
+        queued = time.perf_counter()
+        try:
+            outputs = future.result(timeout=timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise
+        done = time.perf_counter()
+        run_started = future.run_started or queued
+        return Ran(outputs, run_started - queued, done - run_started)
+
+    def _enqueue(self, x: np.ndarray, priority: int, future: Pending) -> None:
+        """Push one request (the condition's lock held)."""
+        if self._closing:
+            raise BatcherClosed("the model is shutting down")
+        if len(self._heap) >= self.max_queue_depth:
+            raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
+        heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
+        self._queued_rows += len(x)
+        # Wake the worker only when it has something to do: first work, or a full batch. A wake-up
+        # per arrival would cost it a GIL hand-off for every row while a batch fills.
+        if len(self._heap) == 1 or self._queued_rows >= self.max_batch_size:
+            self._cond.notify()
 
     def close(self, drain: bool = True) -> None:
         """Stop taking requests; answer what is queued (or fail it when ``drain`` is False), then stop."""
@@ -111,6 +197,7 @@ class MicroBatcher:
                 for item in self._heap:
                     item.future.set_exception(BatcherClosed("the model shut down before running this request"))
                 self._heap.clear()
+                self._queued_rows = 0
             self._cond.notify_all()
         self._worker.join()
 
@@ -126,7 +213,7 @@ class MicroBatcher:
             # A lone caller (last batch was one row, nothing else queued) runs at once: waiting for
             # company that is not coming would only add the delay to every request.
             alone = len(self._heap) == 1 and self._last_batch_rows <= 1
-            while not alone and not self._closing and sum(len(i.x) for i in self._heap) < self.max_batch_size:
+            while not alone and not self._closing and self._queued_rows < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -144,12 +231,13 @@ class MicroBatcher:
                 rows += len(item.x)
             for item in skipped:
                 heapq.heappush(self._heap, item)
+            self._queued_rows -= rows
             self._busy = True
             return batch
 
     def _loop(self) -> None:
         while (batch := self._take_batch()) is not None:
-            live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            live = [item for item in batch if item.future.claim()]
             if live:
                 self._execute(live)
             else:
@@ -169,16 +257,20 @@ class MicroBatcher:
             outputs = None
             for item in live:
                 item.future.set_exception(exc)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        rows = sum(len(item.x) for item in live)
-        with self._cond:
-            self._busy = False
-            self._last_batch_rows = rows
-            self._service_ms_per_row = 0.8 * self._service_ms_per_row + 0.2 * (elapsed_ms / max(rows, 1))
-            self.batches_run += 1
-            self._cond.notify()
+        self._finished(sum(len(item.x) for item in live), started)
         if outputs is not None:
             offset = 0
             for item in live:
                 item.future.set_result(outputs[offset:offset + len(item.x)])
                 offset += len(item.x)
+
+    def _finished(self, rows: int, started: float) -> None:
+        """Free the model after a run of ``rows`` rows that began at ``started`` (perf_counter)."""
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        with self._cond:
+            self._busy = False
+            self._last_batch_rows = rows
+            self._service_ms_per_row = 0.8 * self._service_ms_per_row + 0.2 * (elapsed_ms / max(rows, 1))
+            self.batches_run += 1
+            if self._heap:  # waking an idle worker for nothing costs a GIL hand-off per request
+                self._cond.notify()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -78,6 +79,19 @@ class AgentMetrics:
         self.offload_window = RollingWindow()  # 1.0 per offloaded request, 0.0 per local one
         self.local_ms = RollingWindow()
         self.offload_ms = RollingWindow()
+
+        self._answer_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def answered(self, task: str, source: str, path: str, degraded: bool, seconds: float) -> None:
+        """Count one answer; the labelled children are looked up once per (task, source, path), not per request."""
+        key = (task, source, path)
+        series = self._answer_series.get(key)
+        if series is None:
+            series = self._answer_series[key] = (self.requests.labels(task, source), self.latency.labels(task, path))
+        series[0].inc()
+        series[1].observe(seconds)
+        if degraded:
+            self.degraded.labels(task).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

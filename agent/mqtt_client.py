@@ -1,8 +1,9 @@
 """The one place a paho-mqtt v5 client is made and connected.
 
 Agents, cloud workers, benchmarks and tests all connect through here, so they
-share the socket settings the raw_mqtt benchmark found fastest: TCP_NODELAY on,
-because a QoS 1 round trip otherwise stalls on Nagle plus delayed ACKs.
+share the socket settings the raw_mqtt benchmark found fastest (TCP_NODELAY on,
+because a QoS 1 round trip otherwise stalls on Nagle plus delayed ACKs) and the
+one-pass property decoder of agent/protocol/properties.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.protocol import properties as wire_properties
 
 
 class BrokerConnectError(Exception):
@@ -71,6 +74,7 @@ def new_client(
     password: str | None = None,
 ) -> mqtt.Client:
     """A paho v5 client on the v2 callback API, configured but not yet connected."""
+    wire_properties.install()  # incoming PUBLISH properties decoded in one pass (agent/protocol/properties.py)
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.batching import MicroBatcher
+from agent.confidence import softmax
 from agent.manifest import Manifest
 from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LocalModel:
-    """One loaded model; ``batcher.submit`` runs it."""
+    """One loaded model; ``batcher.call`` runs it and gives calibrated probabilities (softmax(logits / T))."""
 
     task: str
     name: str
@@ -54,7 +55,8 @@ class LocalModel:
         output = session.get_outputs()[0].name
 
         def run(batch: np.ndarray) -> np.ndarray:
-            return session.run([output], {declared: batch})[0]
+            # Calibrated once per batch, not once per caller: the callers' threads share one GIL.
+            return softmax(session.run([output], {declared: batch})[0], temperature)
 
         batcher = MicroBatcher(run, max_batch_size=spec.batching.max_batch_size,
                                max_queue_delay_ms=spec.batching.max_queue_delay_ms,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from agent.batching import BatcherClosed, MicroBatcher, QueueFull
+from agent.batching import BatcherClosed, MicroBatcher, Pending, QueueFull
 from agent.session import open_session
 
 
@@ -39,9 +38,9 @@ def run_fn(session, calls: list[int] | None = None):  # type: ignore[no-untyped-
     return run
 
 
-def occupy(batcher: MicroBatcher, x: np.ndarray) -> Future[np.ndarray]:
+def occupy(batcher: MicroBatcher, x: np.ndarray) -> Pending:
     """Submit ``x`` from another caller's thread and wait until the model is busy with it."""
-    holder: list[Future[np.ndarray]] = []
+    holder: list[Pending] = []
     threading.Thread(target=lambda: holder.append(batcher.submit(x)), daemon=True).start()
     deadline = time.monotonic() + 5
     while not (batcher.busy and batcher.depth == 0) and time.monotonic() < deadline:
@@ -123,8 +122,8 @@ def test_lone_caller_runs_inline(session) -> None:  # type: ignore[no-untyped-de
     callers: list[str] = []
     batcher = MicroBatcher(lambda x: callers.append(threading.current_thread().name) or session.run(None, {"x": x})[0],
                            max_batch_size=8, max_queue_delay_ms=50)
-    future = batcher.submit(np.zeros((1, 4), np.float32))
-    assert future.done() and callers == [threading.current_thread().name]
+    ran = batcher.call(np.zeros((1, 4), np.float32))
+    assert ran.outputs.shape == (1, 3) and ran.queue_s == 0.0 and callers == [threading.current_thread().name]
     batcher.close()
 
 
@@ -133,7 +132,7 @@ def test_close_drains_or_fails_what_is_queued(session) -> None:  # type: ignore[
     batcher = MicroBatcher(lambda x: gate.wait(5) and session.run(None, {"x": x})[0], max_batch_size=4,
                            max_queue_delay_ms=50, max_queue_depth=16)
     occupy(batcher, np.zeros((1, 4), np.float32))
-    futures: list[Future[np.ndarray]] = [batcher.submit(np.zeros((1, 4), np.float32)) for _ in range(6)]
+    futures: list[Pending] = [batcher.submit(np.zeros((1, 4), np.float32)) for _ in range(6)]
     gate.set()
     batcher.close(drain=True)
     assert all(f.result(timeout=1).shape == (1, 3) for f in futures)

@@ -11,12 +11,12 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.protocol import oip, tensors
 from agent.protocol.errors import ErrorCode, ProtocolError
 from agent.protocol.limits import DEFAULT_LIMITS, Limits
+from agent.protocol.properties import WireProperties
 from agent.protocol.messages import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
@@ -143,12 +143,8 @@ def decode_request(
     return _request_from_params(task, inputs, {**params, "id": doc.get("id")}, BodyKind.JSON)
 
 
-def _properties(content_type: str, pairs: list[tuple[str, str]]) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    props.ContentType = content_type
-    if pairs:
-        props.UserProperty = pairs
-    return props
+def _properties(content_type: str, pairs: list[tuple[str, str]]) -> WireProperties:
+    return WireProperties.publish(content_type=content_type, user=pairs)
 
 
 def encode_request(
@@ -184,11 +180,11 @@ def encode_request(
         body = json.dumps(doc).encode()
         props = _properties(CONTENT_TYPE_JSON, [])
     if response_topic:
-        props.ResponseTopic = response_topic
+        props.set("ResponseTopic", response_topic)
     if correlation_data is not None:
-        props.CorrelationData = correlation_data
+        props.set("CorrelationData", correlation_data)
     if request.timeout_ms is not None:
-        props.MessageExpiryInterval = max(1, math.ceil(request.timeout_ms / 1000))
+        props.set("MessageExpiryInterval", max(1, math.ceil(request.timeout_ms / 1000)))
     return body, props
 
 
@@ -222,7 +218,7 @@ def encode_reply(
         props = _properties(CONTENT_TYPE_JSON, [(P_STATUS, STATUS_OK), (P_REQUEST_ID, reply.request_id)])
     correlation = getattr(request_props, "CorrelationData", None) if request_props is not None else None
     if correlation is not None:
-        props.CorrelationData = correlation
+        props.set("CorrelationData", correlation)
     return body, props
 
 

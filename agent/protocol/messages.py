@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,9 +29,13 @@ class Source(str, Enum):
     FUSED = "fused"
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_SEQUENCE = itertools.count()
+
+
 def new_request_id() -> str:
-    """A fresh request id (short, unique enough to key an in-flight table)."""
-    return uuid.uuid4().hex
+    """A fresh request id: a random per-process prefix and a counter (unique, and no urandom per request)."""
+    return f"{_ID_PREFIX}{next(_ID_SEQUENCE):08x}"
 
 
 @dataclass(frozen=True)
