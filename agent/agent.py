@@ -45,6 +45,7 @@ from agent.protocol import (
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
+from agent.updates import Updater, heartbeat_fields
 
 log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_MS = 1000.0
@@ -81,6 +82,7 @@ class Agent:
         self.api: ApiServer | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.updater: Updater | None = None
         self._ready = False
         self._state_dir = state_dir
         self._started_at = time.monotonic()
@@ -118,11 +120,13 @@ class Agent:
         samples = p.storage.samples
         self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
                                    max_bytes=samples.max_bytes, retention_days=samples.retention_days)
-        if p.offload:
-            inflight = max(policy.max_inflight for policy in p.offload.values())
+        if p.offload or p.updates.enabled:  # releases arrive on the same connection
+            inflight = max((policy.max_inflight for policy in p.offload.values()), default=1)
             self.offload = OffloadClient(self.device_id, self.topics, self._broker, max_inflight=inflight,
                                          client_id=p.mqtt_client_id)
             self.offload.start()
+        if p.updates.enabled and self.offload is not None:
+            self.updater = Updater(self, self.offload, self._state_dir).start()
         if p.api.enabled:
             self.api = ApiServer(self, p.api.host, self._api_port)
             self.api.start()
@@ -139,6 +143,8 @@ class Agent:
         self._stop.set()
         if self.api is not None:
             self.api.stop()
+        if self.updater is not None:
+            self.updater.stop()
         for task in self._tasks.values():
             task.model.batcher.close(drain=True)
         if self.offload is not None:
@@ -147,6 +153,18 @@ class Agent:
             self._heartbeat.join(5)
         if self.samples is not None:
             self.samples.close()
+
+    # -- model updates (agent/updates) ----------------------------------------------------
+    def local_model(self, task: str) -> LocalModel:
+        """The model serving ``task`` right now."""
+        return self._tasks[task].model
+
+    def replace_model(self, task: str, model: LocalModel) -> LocalModel:
+        """Serve ``task`` with ``model`` from now on; the old model answers what it has queued, then closes."""
+        entry = self._tasks[task]
+        old, entry.model = entry.model, model
+        old.batcher.close(drain=True)
+        return old
 
     def __enter__(self) -> Agent:
         return self.start()
@@ -198,11 +216,14 @@ class Agent:
 
     def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
                    ) -> tuple[np.ndarray, dict[str, float]]:
+        model = task.model
         try:
-            ran = task.model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
+            ran = model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
         except QueueFull as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, f"{exc}; retry later or with a higher priority") from None
         except BatcherClosed as exc:
+            if task.model is not model and not self._stop.is_set():  # a new version took over: run it there
+                return self._run_local(task, request, x, deadline)
             raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
         except TimeoutError:
             raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
@@ -316,6 +337,7 @@ class Agent:
             "rss_mb": rss_mb(os.getpid()),
             "uptime_s": time.monotonic() - self._started_at,
             "sent_at": time.time(),
+            **heartbeat_fields(self.profile, self.updater),
         }
 
     def _heartbeat_loop(self) -> None:

@@ -36,7 +36,10 @@ class ModelStore:
         self.root = Path(root)
 
     def tasks(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        """Task directories; dot-directories (an agent's ``.staging`` for downloads) are not tasks."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def names(self, task: str) -> list[str]:
         task_dir = self.root / task

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,7 @@ class OffloadClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
+        self._handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
         self._stopping = False
         self.ignored_replies = 0
         self._client = new_client(
@@ -128,6 +130,8 @@ class OffloadClient:
             return
         client.subscribe(self.reply_topic, qos=1)
         client.subscribe(self.topics.cloud_status, qos=1)
+        for topic in list(self._handlers):
+            client.subscribe(topic, qos=1)
         client.publish(self._status_topic, ONLINE, qos=1, retain=True)
         self._connected.set()
         log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
@@ -194,6 +198,20 @@ class OffloadClient:
     @property
     def cloud_status(self) -> CloudStatus | None:
         return self._cloud_status
+
+    def subscribe(self, topic: str, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
+        """Hand ``topic``'s messages to ``handler`` (on the network thread), re-subscribed after reconnects."""
+        self._handlers[topic] = handler
+        self._client.message_callback_add(topic, lambda _c, _u, msg: handler(msg))
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop what ``subscribe`` started."""
+        self._handlers.pop(topic, None)
+        self._client.message_callback_remove(topic)
+        if self._connected.is_set():
+            self._client.unsubscribe(topic)
 
     def publish_json(self, topic: str, doc: dict[str, Any], *, qos: int = 0, retain: bool = False) -> None:
         """Publish a JSON document (heartbeats); dropped silently while disconnected."""

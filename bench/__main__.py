@@ -8,7 +8,8 @@ import sys
 import time
 
 # In the order a reader wants them: the transport baseline first.
-BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "footprint", "compression", "cascade")
+BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "footprint", "compression", "cascade", "workers",
+              "fleet")
 
 
 def main() -> int:

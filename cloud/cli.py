@@ -1,25 +1,42 @@
-"""`fedge-cloud`: the coordinator's command line (model zoo and store for now)."""
+"""`fedge-cloud`: the coordinator's command line.
+
+The subcommands are imported inside ``main``, not at module level: `serve`
+starts its workers with multiprocessing's spawn method, which re-imports this
+module (the console script's ``__main__``) in every worker, and the training
+and compression commands pull in torch. A worker needs ONNX Runtime only.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import partial
 
-from agent.command_line import build_parser, dispatch
-from cloud.access_commands import add_acl
-from cloud.compress.commands import add_compress
-from cloud.serving.commands import add_serve
-from cloud.zoo.commands import add_models, add_train
+from agent.command_line import Registrar, build_parser, dispatch
 
-SUBCOMMANDS = (add_train, add_models, add_compress, add_serve, add_acl)
+
+def subcommands() -> tuple[Registrar, ...]:
+    """Every subcommand's registrar, in ``--help`` order."""
+    from cloud.access_commands import add_acl
+    from cloud.compress.commands import add_compress
+    from cloud.devices_commands import add_devices
+    from cloud.keys import add_keys
+    from cloud.registry.commands import add_state_actions
+    from cloud.release_commands import add_publish, add_rollout
+    from cloud.serving.commands import add_serve
+    from cloud.zoo.commands import add_models, add_train
+
+    models_actions = (add_state_actions, add_publish)  # `models` actions beyond `list` live with what they drive
+    return (add_train, partial(add_models, more_actions=models_actions), add_compress, add_serve, add_acl,
+            add_devices, add_keys, add_rollout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(
         "fedge-cloud",
-        "fedge cloud coordinator: trains and compresses models for the edge, keeps the model store,"
-        " and (with the coordinator issue) serves large models to agents over MQTT v5.",
-        SUBCOMMANDS,
+        "fedge cloud coordinator: trains, compresses, signs and rolls out models for the edge, serves the large"
+        " models to agents over MQTT v5, and keeps the registry of devices and model versions.",
+        subcommands(),
     )
     return dispatch(parser, argv)
 

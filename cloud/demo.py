@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedge-demo-") as tmp, Mosquitto(Path(tmp) / "broker") as broker:
         print(f"private broker on {broker.url}; starting the coordinator with 2 workers ...", flush=True)
         coordinator = Coordinator(WorkerSettings(store=store.root, host=broker.host, port=broker.port,
-                                                 worker_id="demo-worker"), workers=2, status_interval_s=0.5)
+                                                 worker_id="demo-worker", registry_url=str(Path(tmp) / "registry.db")),
+                                  workers=2, status_interval_s=0.5)
         runner = threading.Thread(target=coordinator.run, daemon=True)
         runner.start()
         agents = [_agent(profile, broker, store, Path(tmp)) for profile in PROFILES]

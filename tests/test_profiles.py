@@ -42,7 +42,7 @@ BAD_DIR = REPO / "tests" / "bad_profiles"
 BAD = sorted(BAD_DIR.glob("*.yaml"))
 CLI = Path(sys.executable).parent / "fedge-agent"
 SECTIONS = ["device", "hardware", "models", "offload", "broker", "api", "storage", "federated",
-            "logging", "metrics"]
+            "logging", "metrics", "updates"]
 MINIMAL = "device: {id: t-1}\nmodels:\n  mnist1d: {name: mnist1d-edge, input: {shape: [-1, 40]}}\n"
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +31,15 @@ from agent.protocol import (
     decode_reply,
     encode_request,
 )
+from cloud.cli import main as cloud_main
 from cloud.mosquitto import Mosquitto, free_port
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.scheduler import JobQueue
 from cloud.serving.worker import Worker, WorkerSettings
 from tests.agent_support import make_profile, sample_inputs, train_small_zoo
+from tests.conftest import USERS
 from tests.mqtt_helpers import Inbox, client, subscribe
+from tests.serving_support import running_worker
 
 TOPICS = Topics()
 
@@ -52,16 +58,8 @@ def settings(zoo: Path, broker: Mosquitto, **kw: Any) -> WorkerSettings:
 
 @pytest.fixture
 def worker(zoo: Path, broker: Mosquitto) -> Iterator[Worker]:
-    w = Worker(settings(zoo, broker))
-    thread = threading.Thread(target=w.run, daemon=True)
-    thread.start()
-    with client(broker, "probe") as probe:  # wait until the worker reports, so it is subscribed
-        inbox = Inbox(probe)
-        subscribe(probe, w.status_topic)
-        inbox.get(timeout=10)
-    yield w
-    w.stop()
-    thread.join(10)
+    with running_worker(settings(zoo, broker), broker) as w:
+        yield w
 
 
 def test_queue_orders_by_priority_then_deadline_and_sheds_the_lowest() -> None:
@@ -107,7 +105,7 @@ def test_expired_requests_are_answered_but_never_run(worker: Worker, broker: Mos
                                     correlation_data=b"late")
     reply = _ask(broker, payload, props)
     assert isinstance(reply, ErrorReply) and reply.code is ErrorCode.EXPIRED
-    assert worker.expired == 1 and worker.served == 0
+    assert worker.stats.expired == 1 and worker.stats.served == 0
 
 
 def test_a_thousand_malformed_requests_get_a_thousand_error_replies(worker: Worker, broker: Mosquitto) -> None:
@@ -125,10 +123,14 @@ def test_a_thousand_malformed_requests_get_a_thousand_error_replies(worker: Work
             fuzzer.publish(TOPICS.infer("mnist1d"), rng.bytes(int(rng.integers(0, 64))), qos=1, properties=props)
         replies = [decode_reply(m.payload, m.properties) for m in (inbox.get(timeout=20) for _ in range(1000))]
     assert all(isinstance(r, ErrorReply) for r in replies)
-    assert worker.errors == 1000
+    assert worker.stats.errors == 1000
     x, _ = sample_inputs(1)
     payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic="test/replies")
     assert isinstance(_ask(broker, payload, props), InferReply)  # still serving
+
+
+def _decisions(status: dict[str, Any]) -> dict[str, int]:
+    return status.get("tasks", {}).get("mnist1d", {}).get("decisions", {}).get("mnist1d-cloud", {})
 
 
 def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broker: Mosquitto) -> None:
@@ -147,9 +149,15 @@ def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broke
             x, _ = sample_inputs(300)
             replies = [agent.infer(InferRequest("mnist1d", {"input": x[i:i + 1]})) for i in range(100)]
             assert all(r.source is Source.CLOUD for r in replies)
-            time.sleep(0.5)
-            served = coordinator.status()["served"]
-            assert len(served) == 2 and all(n > 0 for n in served.values()), served
+            deadline = time.monotonic() + 30
+            while sum(_decisions(coordinator.status()).values()) < 100:  # reports come every interval
+                assert time.monotonic() < deadline, coordinator.status()
+                time.sleep(0.05)
+            status = coordinator.status()
+            assert len(status["served"]) == 2 and all(n > 0 for n in status["served"].values()), status
+            mnist = status["tasks"]["mnist1d"]  # per-task load from the workers' reports
+            assert mnist["queue_depth"] == 0 and 0 < mnist["p50_ms"] <= mnist["p99_ms"]
+            assert agent.offload.cloud_status is not None and "tasks" in agent.offload.cloud_status.doc  # retained
             victim = coordinator.worker_pids[0]
             answers: list[InferReply] = []
             stream = threading.Thread(target=lambda: answers.extend(
@@ -167,3 +175,74 @@ def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broke
     finally:
         coordinator.stop()
         runner.join(30)
+
+
+def _wait_for_status(inbox: Inbox, check: Any, timeout: float = 60) -> dict[str, Any]:
+    """The first retained cloud status that passes ``check``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = json.loads(inbox.get(timeout=max(0.1, deadline - time.monotonic())).payload)
+        if check(doc):
+            return doc
+
+
+def _devices(registry: Path) -> list[dict[str, Any]]:
+    """What `fedge-cloud devices --json` lists."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cloud_main(["devices", "--registry", str(registry), "--json"]) == 0
+    return list(json.loads(out.getvalue()))
+
+
+def test_serve_connects_to_an_acl_broker_with_the_config_credentials(zoo: Path, acl_broker: Mosquitto,
+                                                                     tmp_path: Path) -> None:
+    (tmp_path / "worker.pw").write_text(USERS["worker"] + "\n")
+    config = tmp_path / "cloud.yaml"
+    config.write_text(f"""
+broker:
+  host: {acl_broker.host}
+  port: {acl_broker.port}
+  username: worker
+  password_file: worker.pw
+  coordinator:
+    username: coordinator
+    password_env: TEST_COORDINATOR_PASSWORD
+workers:
+  count: 1
+  max_batch: 4
+  status_interval_s: 0.2
+store: {zoo / "state" / "models"}
+registry: {tmp_path / "registry.db"}
+""")
+    env = {**os.environ, "TEST_COORDINATOR_PASSWORD": USERS["coordinator"]}
+    serve = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve", "--config", str(config)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with client(acl_broker, "device-a", username="device-a", password=USERS["device-a"]) as device:
+            inbox = Inbox(device)
+            subscribe(device, TOPICS.cloud_status)
+            status = _wait_for_status(inbox, lambda doc: doc.get("workers_alive") == 1)
+            assert status["healthy"] and "mnist1d" in status["tasks"]
+            subscribe(device, TOPICS.device_reply("device-a"))
+            x, _ = sample_inputs(1)
+            payload, props = encode_request(InferRequest("mnist1d", {"input": x}, timeout_ms=5000),
+                                            response_topic=TOPICS.device_reply("device-a"), correlation_data=b"a1")
+            device.publish(TOPICS.infer("mnist1d"), payload, qos=1, properties=props)
+            while (msg := inbox.get(timeout=20)).topic != TOPICS.device_reply("device-a"):
+                continue
+            reply = decode_reply(msg.payload, msg.properties)
+            assert isinstance(reply, InferReply) and reply.model_name == "mnist1d-cloud"
+            assert msg.properties.CorrelationData == b"a1"
+            # The coordinator keeps the device registry from what devices publish (its ACL user may read it).
+            heartbeat = {"device_id": "device-a", "kind": "pi", "models": {"mnist1d": "3"}, "offload_rate": 0.25}
+            device.publish(TOPICS.device_heartbeat("device-a"), json.dumps(heartbeat), qos=1).wait_for_publish(5)
+            deadline = time.monotonic() + 30
+            while not (listed := _devices(tmp_path / "registry.db")):
+                assert time.monotonic() < deadline, "the coordinator did not record the heartbeat"
+                time.sleep(0.1)
+            assert listed[0]["device_id"] == "device-a" and listed[0]["models"] == {"mnist1d": "3"}
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, stderr = serve.communicate(timeout=60)
+    assert serve.returncode == 0, stderr
+    assert "Traceback" not in stderr

@@ -24,7 +24,7 @@ def load_profile(
     (or naming the environment variable that caused it).
     """
     source = os.fspath(path)
-    profile = parse_profile(_read(source), source, env)
+    profile = parse_profile(read_text(source, "a profile file"), source, env)
     profile._source = Path(source).resolve()
     return profile
 
@@ -39,16 +39,17 @@ def parse_profile(text: str, source: str, env: Mapping[str, str] = os.environ) -
         raise ProfileError(explain(exc, document, Profile)) from None
 
 
-def _read(source: str) -> str:
+def read_text(source: str, what: str) -> str:
+    """A YAML file's text, or a ProfileError saying why not in words a person can act on (``what``: a noun)."""
     try:
         with open(source, encoding="utf-8") as handle:
             return handle.read()
     except FileNotFoundError:
         raise error_at(source, "file not found") from None
     except IsADirectoryError:
-        raise error_at(source, "is a directory, not a profile file") from None
+        raise error_at(source, f"is a directory, not {what}") from None
     except PermissionError:
-        raise error_at(source, "permission denied: the agent cannot read it") from None
+        raise error_at(source, "permission denied: this process cannot read it") from None
     except UnicodeDecodeError as exc:
         raise error_at(source, f"not UTF-8 text (bad byte at offset {exc.start})") from None
     except OSError as exc:

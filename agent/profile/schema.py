@@ -19,6 +19,7 @@ from agent.profile.sections import (
     MetricsConfig,
     StorageConfig,
 )
+from agent.profile.updates import UpdatesConfig
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -50,6 +51,9 @@ class Profile(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Metrics and heartbeats."
+    )
+    updates: UpdatesConfig = Field(
+        default_factory=UpdatesConfig, description="Signed model releases from the cloud."
     )
 
     _source: Path | None = PrivateAttr(None)

@@ -1,19 +1,41 @@
-"""`fedge-cloud serve`."""
+"""`fedge-cloud serve`: flags and config file to worker settings, then the coordinator until SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import signal
+import socket
 import sys
+from pathlib import Path
+from typing import Any
 
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
-from agent.mqtt_client import BrokerAddress, BrokerConnectError
+from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles
+from agent.profile.problems import ProfileError
+from agent.profile.yaml_source import DataPath
+from cloud.registry.base import RegistryUnavailable
+from cloud.registry.open import default_registry
+from cloud.serving.config import CloudConfig, load_cloud_config, resolve_password
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
 from cloud.zoo.commands import add_store_option
+
+#: flag -> where its value goes in the config (flags override the file).
+FLAG_PATHS: dict[str, DataPath] = {
+    "--workers": ("workers", "count"),
+    "--share-group": ("workers", "share_group"),
+    "--max-batch": ("workers", "max_batch"),
+    "--max-delay-ms": ("workers", "max_delay_ms"),
+    "--max-queue": ("workers", "max_queue"),
+    "--threads": ("workers", "threads"),
+    "--prefix": ("broker", "topic_prefix"),
+    "--registry": ("registry",),
+}
 
 
 def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,37 +43,113 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser = commands.add_parser(
         "serve", help="serve the store's cloud models to agents over MQTT v5",
         description="Start N worker processes on the shared subscription $share/<group>/<prefix>/infer/+ (more"
-        " workers, on more machines, add capacity) serving every task's newest <task>-cloud model, and publish the"
-        " retained cloud status agents read before offloading. Workers order requests by priority then deadline,"
-        " batch per model, answer 'expired' without running what is late and shed the lowest priorities with"
-        " 'overloaded' when full. SIGTERM or SIGINT stops everything and marks the cloud unhealthy.",
+        " workers, on more machines, add capacity) and publish the retained cloud status agents read before"
+        " offloading (health, workers alive, per-task queue depth and p50/p99). Each worker serves every"
+        " <task>-cloud* model (e.g. mnist1d-cloud and mnist1d-cloud-small; where the registry has active versions,"
+        " exactly those):"
+        " a request naming a model (fedge-model) gets it; otherwise the most accurate model whose expected"
+        " latency (queue ahead + its measured run time) fits the request's deadline, else the fastest. A request"
+        " carrying edge_probs and a fusion weight gets the fused distribution. Workers order requests by priority"
+        " then deadline, batch per model, answer 'expired' without running what is late and shed the lowest"
+        " priorities with 'overloaded' when full. Settings come from --config (see docs/cloud.example.yaml);"
+        " flags override it. SIGTERM or SIGINT stops everything and marks the cloud unhealthy."
+        f" Exit codes: {int(ExitCode.INVALID_INPUT)} bad config or flags, {int(ExitCode.UNAVAILABLE)} broker"
+        " unreachable or refused.",
     )
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--prefix", default="fedge/v1", help="topic prefix (default fedge/v1)")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch per model run (default 32)")
-    parser.add_argument("--max-queue", type=int, default=256, help="requests a worker holds before shedding")
+    parser.add_argument("--config", metavar="FILE", help="serve config YAML (broker, credentials, TLS, workers,"
+                        " store, registry, models); errors are reported at file:line:col")
+    parser.add_argument("--validate", action="store_true", help=f"check the config and flags, print a summary and"
+                        f" exit: 0 if valid, {int(ExitCode.INVALID_INPUT)} if not; starts nothing")
+    parser.add_argument("--broker", metavar="URL", help="broker URL, mqtt://host:port or mqtts://host:port (default"
+                        " from the config, else mqtt://localhost:1883)")
+    parser.add_argument("--workers", type=int, help="worker processes (default 2)")
+    parser.add_argument("--prefix", help="topic prefix (default fedge/v1)")
+    parser.add_argument("--share-group", help="shared-subscription group of the workers (default workers)")
+    parser.add_argument("--max-batch", type=int, help="largest batch per model run (default 32)")
+    parser.add_argument("--max-delay-ms", type=float, help="how long a batch waits to fill (default 2)")
+    parser.add_argument("--max-queue", type=int, help="requests a worker holds before shedding (default 256)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per worker (default 1)")
+    parser.add_argument("--registry", metavar="URL", help="the registry of devices (fed by their heartbeats and"
+                        " Last Will) and model states: a SQLite path, sqlite:///path or postgresql://... (default"
+                        " $FEDGE_REGISTRY or ./var/registry.db); tasks with active versions there serve exactly those")
     add_store_option(parser)
     parser.set_defaults(run=run_serve)
 
 
+def overrides(args: argparse.Namespace) -> dict[str, tuple[DataPath, Any]]:
+    """The flags given, as config overrides."""
+    given = {}
+    for flag, path in FLAG_PATHS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            given[flag] = (path, value)
+    return given
+
+
+def instance_id() -> str:
+    """This serve's name on the broker (host and pid): serves on several machines must not share client ids,
+    or the broker would hand one's session to the other."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[WorkerSettings, str | None, str | None]:
+    """Worker settings, and the coordinator's username and password; raises ValueError or ProfileError."""
+    b, w = config.broker, config.workers
+    host, port = b.host, b.port
+    tls = None
+    if b.tls is not None:
+        tls = TlsFiles(*(config.resolve_path(p) if p else None for p in (b.tls.ca_file, b.tls.cert_file,
+                                                                        b.tls.key_file)), b.tls.insecure)
+    if args.broker is not None:
+        address = BrokerAddress.parse(args.broker)
+        host, port = address.host, address.port
+        tls = (tls or TlsFiles()) if address.tls else None
+    store = args.store or (config.resolve_path(config.store) if config.store else default_store_root())
+    settings = WorkerSettings(
+        store=Path(store), host=host, port=port, worker_id=instance_id(), topic_prefix=b.topic_prefix,
+        share_group=w.share_group, max_batch=w.max_batch, max_delay_ms=w.max_delay_ms, max_queue=w.max_queue,
+        threads=w.threads, status_interval_s=w.status_interval_s, tls=tls, username=b.username,
+        password=resolve_password(b, "broker", config), keepalive_s=b.keepalive_s, registry_url=config.registry or default_registry(),
+        models={task: list(names) for task, names in config.models.items()} if config.models else None)
+    coordinator = b.coordinator
+    if coordinator is None:
+        return settings, None, None
+    return settings, coordinator.username, resolve_password(coordinator, "broker.coordinator", config)
+
+
+def _fail(problem: object) -> int:
+    print(f"fedge-cloud serve: {problem}", file=sys.stderr)
+    return ExitCode.INVALID_INPUT
+
+
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers < 1 or args.max_batch < 1 or args.max_queue < 1:
-        print("fedge-cloud serve: --workers, --max-batch and --max-queue must be at least 1", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
     try:
-        address = BrokerAddress.parse(args.broker)
-        template = WorkerSettings(store=args.store or default_store_root(), host=address.host, port=address.port,
-                                  worker_id="worker", topic_prefix=args.prefix, max_batch=args.max_batch,
-                                  max_queue=args.max_queue)
-        coordinator = Coordinator(template, args.workers)
-    except (ValueError, LookupError, ManifestError) as exc:
-        print(f"fedge-cloud serve: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
+        config = load_cloud_config(args.config, overrides(args))
+        if args.broker is not None:
+            BrokerAddress.parse(args.broker)
+    except ProfileError as exc:
+        return _fail("invalid settings:\n" + "\n".join(f"  {p}" for p in exc.problems))
+    except ValueError as exc:
+        return _fail(exc)
+    if args.validate:
+        w = config.workers
+        broker = args.broker or f"{config.broker.host}:{config.broker.port}"
+        print(f"{args.config or '(no config file)'}: ok: broker {broker}, {w.count} workers, max batch"
+              f" {w.max_batch}, store {args.store or config.store or default_store_root()}")
+        return ExitCode.OK
+    try:
+        template, username, password = build_settings(config, args)
+        coordinator = Coordinator(template, config.workers.count, config.workers.status_interval_s,
+                                  username=username, password=password)
+    except ProfileError as exc:
+        return _fail("\n".join(str(p) for p in exc.problems))
+    except (ValueError, LookupError, ManifestError, RegistryUnavailable) as exc:
+        return _fail(exc)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: coordinator.stop())
-    print(f"fedge-cloud serve: {args.workers} workers on {args.broker} (pids {coordinator.worker_pids})", flush=True)
+    print(f"fedge-cloud serve: {config.workers.count} workers on {template.host}:{template.port}"
+          f" (pids {coordinator.worker_pids})", flush=True)
     try:
         coordinator.run()
     except BrokerConnectError as exc:

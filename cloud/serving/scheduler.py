@@ -3,7 +3,8 @@
 Bounded: when full, the lowest-priority request (the newest among equals) is
 shed with an ``overloaded`` answer, so a burst of background work cannot push
 out urgent requests. Requests whose deadline passed are never run: they come
-out of ``take`` as expired, to be answered ``expired``.
+out of ``take`` as expired, to be answered ``expired``. A batch holds jobs
+for one model (chosen per request when it is queued) and one input shape.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +29,15 @@ class Job:
     deadline: float = field(compare=False)  # time.monotonic() after which it is not run
     reply_to: Any = field(compare=False)  # what the worker needs to answer (topic, properties)
     arrived: float = field(compare=False, default_factory=time.monotonic)
+    model: str = field(compare=False, default="")  # the model chosen to run it
+
+
+def _batch_key(job: Job) -> tuple[str, str, tuple[int, ...]]:
+    return job.request.task, job.model, job.request.tensor.shape[1:]
 
 
 class JobQueue:
-    """Priority + EDF queue with shedding by priority; ``take`` batches jobs of one task."""
+    """Priority + EDF queue with shedding by priority; ``take`` batches jobs of one model."""
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
@@ -43,9 +50,14 @@ class JobQueue:
         with self._cond:
             return len(self._heap)
 
-    def put(self, request: InferRequest, deadline: float, reply_to: Any) -> Job | None:
-        """Queue a job; returns the job shed to make room (possibly this one), or None."""
-        job = Job((-request.priority, deadline, next(self._seq)), request, deadline, reply_to)
+    def depths(self) -> Counter[tuple[str, str]]:
+        """Jobs waiting per (task, model)."""
+        with self._cond:
+            return Counter((j.request.task, j.model) for j in self._heap)
+
+    def put(self, request: InferRequest, deadline: float, reply_to: Any, model: str = "") -> Job | None:
+        """Queue a job for ``model``; returns the job shed to make room (possibly this one), or None."""
+        job = Job((-request.priority, deadline, next(self._seq)), request, deadline, reply_to, model=model)
         with self._cond:
             heapq.heappush(self._heap, job)
             shed = None
@@ -57,7 +69,7 @@ class JobQueue:
             return shed
 
     def take(self, max_batch: int, max_delay_s: float) -> tuple[list[Job], list[Job]] | None:
-        """Block for work; return (runnable jobs of one task, expired jobs), or None once closed and empty."""
+        """Block for work; return (runnable jobs of one model, expired jobs), or None once closed and empty."""
         with self._cond:
             while not self._heap:
                 if self._closed:
@@ -73,10 +85,9 @@ class JobQueue:
             live = [j for j in self._heap if j.deadline > now]
             batch: list[Job] = []
             if live:
-                task = min(live).request.task
-                shape = min(live).request.tensor.shape[1:]
+                key = _batch_key(min(live))
                 for job in sorted(live):
-                    if len(batch) < max_batch and job.request.task == task and job.request.tensor.shape[1:] == shape:
+                    if len(batch) < max_batch and _batch_key(job) == key:
                         batch.append(job)
             taken = {id(j) for j in batch} | {id(j) for j in expired}
             self._heap = [j for j in self._heap if id(j) not in taken]

@@ -1,11 +1,13 @@
-"""A cloud worker: takes requests from the shared subscription, schedules, batches, answers.
+"""A cloud worker: takes requests from the shared subscription, picks a model, schedules, batches, answers.
 
-Each worker process holds every task's cloud model (the newest verified
-``<task>-cloud`` release in the store). The broker spreads requests over the
-workers of the share group; each worker queues them by priority and deadline,
-runs batches of one task, and answers every request exactly once: outputs,
-``expired`` (never run after its deadline), ``overloaded`` (shed, lowest
-priority first) or the protocol's error for a bad request.
+Each worker process holds every served model (see served.py: several per task,
+e.g. a large and a small one). The broker spreads requests over the workers
+of the share group; each worker picks a model per request (selection.py),
+queues it by priority and deadline, runs batches of one model, and answers
+every request exactly once: outputs (fused with the edge's probabilities when
+the request asks for fusion), ``expired`` (never run after its deadline),
+``overloaded`` (shed, lowest priority first) or the protocol's error for a
+bad request.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +26,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
-from agent.confidence import softmax
-from agent.model_store import ModelStore
-from agent.mqtt_client import connect, new_client
+from agent.confidence import fuse
+from agent.model_store import ModelStore, StoredModel
+from agent.mqtt_client import TlsFiles, connect, new_client
 from agent.protocol import (
     BodyKind,
     ErrorCode,
     ErrorReply,
     InferReply,
+    InferRequest,
     ProtocolError,
     Source,
     Topics,
@@ -38,11 +43,14 @@ from agent.protocol import (
     encode_reply,
     reply_topic,
 )
-from agent.session import open_session
 from cloud.serving.scheduler import Job, JobQueue
+from cloud.serving.selection import UnknownModel, choose
+from cloud.serving.served import ActiveVersions, ServedModel, load_served, require_served
+from cloud.serving.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
+EDGE_PROBS = "edge_probs"  # the request input carrying the edge model's probabilities, for fusion
 
 
 @dataclass(frozen=True)
@@ -60,34 +68,37 @@ class WorkerSettings:
     max_queue: int = 256
     threads: int = 1
     status_interval_s: float = 1.0
+    tls: TlsFiles | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    keepalive_s: int = 30
+    registry_url: str | None = None  # devices and model states; tasks with active versions there serve those
+    models: dict[str, list[str]] | None = None  # task -> the only names to serve
 
 
-@dataclass
-class _Model:
-    session: Any
-    input_name: str
-    name: str
-    version: str
-    temperature: float
+@contextmanager
+def registry_at(url: str | None) -> Iterator[ActiveVersions | None]:
+    """The registry at ``url`` while the block runs (closed after), or None to serve from the store alone."""
+    if url is None:
+        yield None
+        return
+    from cloud.registry import open_registry  # only deployments with a registry need its drivers
+
+    with open_registry(url) as registry:
+        yield registry
 
 
-def load_cloud_models(store: ModelStore, threads: int) -> dict[str, _Model]:
-    """Every task's newest verified ``<task>-cloud`` model."""
-    models = {}
-    for task in store.tasks():
-        name = f"{task}-cloud"
-        if not store.versions(task, name):
-            continue
-        stored = store.verified(task, name)
-        session = open_session(stored.model_path, intra_op_threads=threads)
-        spec = stored.manifest.inputs[0]
-        warm = np.zeros([d or 1 for d in spec.shape], dtype=spec.dtype)
-        session.run(None, {spec.name: warm})  # the first run allocates; do it before a request waits on it
-        models[task] = _Model(session, spec.name, name, str(stored.manifest.version), stored.manifest.temperature)
-    if not models:
-        raise LookupError(f"the store {store.root} holds no <task>-cloud model to serve; train one first: "
-                          "fedge-cloud train --task mnist1d --model cloud")
-    return models
+def check_settings(settings: WorkerSettings) -> dict[str, list[StoredModel]]:
+    """What ``settings`` would serve, verified but not loaded: a coordinator fails early and clearly with it."""
+    with registry_at(settings.registry_url) as registry:
+        return require_served(ModelStore(settings.store), registry, settings.models)
+
+
+def load_settings_models(settings: WorkerSettings) -> dict[str, list[ServedModel]]:
+    """The models ``settings`` asks to serve, loaded and warmed up."""
+    with registry_at(settings.registry_url) as registry:
+        return load_served(ModelStore(settings.store), settings.threads, settings.max_batch, registry,
+                           settings.models)
 
 
 class Worker:
@@ -96,17 +107,20 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.models = load_cloud_models(ModelStore(settings.store), settings.threads)
+        self.models = load_settings_models(settings)
+        self._by_name = {(m.task, m.name): m for served in self.models.values() for m in served}
+        self._all = list(self._by_name.values())
         self.queue = JobQueue(settings.max_queue)
-        self.served = self.expired = self.shed = self.errors = 0
+        self.stats = WorkerStats()
         self._stop = threading.Event()
-        self._client = new_client(f"fedge-worker-{settings.worker_id}")
+        self._client = new_client(f"fedge-worker-{settings.worker_id}", tls=settings.tls, username=settings.username,
+                                  password=settings.password)
         self._client.on_message = self._on_message
         self._client.on_connect = lambda c, *_: c.subscribe(self.topics.shared_infer(settings.share_group), qos=1)
 
     def run(self) -> None:
         """Serve until ``stop``; reconnects by itself if the broker goes away."""
-        connect(self._client, self.settings.host, self.settings.port)
+        connect(self._client, self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         runner = threading.Thread(target=self._run_batches, name="fedge-worker-batches", daemon=True)
         runner.start()
         while not self._stop.wait(self.settings.status_interval_s):
@@ -124,9 +138,7 @@ class Worker:
         return f"{self.settings.topic_prefix}/cloud/workers/{self.settings.worker_id}"
 
     def status(self) -> dict[str, Any]:
-        return {"worker_id": self.settings.worker_id, "queue_depth": len(self.queue), "served": self.served,
-                "expired": self.expired, "shed": self.shed, "errors": self.errors, "tasks": sorted(self.models),
-                "sent_at": time.time()}
+        return self.stats.report(self.settings.worker_id, self.models, self.queue.depths())
 
     # -- receiving (network thread) -----------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -134,19 +146,36 @@ class Worker:
         target = (reply_topic(msg.properties, self.topics.default_reply(task)), msg.properties)
         try:
             request = decode_request(task, msg.payload, msg.properties)
-            if task not in self.models:
-                raise ProtocolError(ErrorCode.UNKNOWN_TASK,
-                                    f"no cloud model for task {task!r}; served: {', '.join(sorted(self.models))}")
+            model = self._choose(request)
         except ProtocolError as exc:
-            self.errors += 1
+            self.stats.count("errors")
             self._answer(ErrorReply(exc.code, exc.message), body_kind(msg.properties), target)
             return
-        timeout_s = DEFAULT_TIMEOUT_S if request.timeout_ms is None else request.timeout_ms / 1000
-        shed = self.queue.put(request, time.monotonic() + timeout_s, target)
+        shed = self.queue.put(request, time.monotonic() + self._timeout_s(request), target, model=model)
         if shed is not None:
-            self.shed += 1
+            self.stats.count("shed")
             self._answer(ErrorReply(ErrorCode.OVERLOADED, "the cloud queue is full; lower-priority requests are shed"
                                     " first", shed.request.request_id), shed.request.kind, shed.reply_to)
+
+    @staticmethod
+    def _timeout_s(request: InferRequest) -> float:
+        return DEFAULT_TIMEOUT_S if request.timeout_ms is None else request.timeout_ms / 1000
+
+    def _choose(self, request: InferRequest) -> str:
+        """The model for a request, counted; a request that cannot be served raises ProtocolError."""
+        served = self.models.get(request.task)
+        if not served:
+            raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"no cloud model for task {request.task!r}; served: "
+                                f"{', '.join(sorted(self.models))}")
+        check_fusion(request)
+        queued = {model: n for (_, model), n in self.queue.depths().items()}
+        try:
+            choice = choose(served, request.model, self._timeout_s(request) * 1000, queued, self.settings.max_batch,
+                            self._all)
+        except UnknownModel as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        self.stats.decided(request.task, choice.model.name, choice.reason)
+        return choice.model.name
 
     # -- running (batch thread) ---------------------------------------------------------------
     def _run_batches(self) -> None:
@@ -154,39 +183,68 @@ class Worker:
         while (taken := self.queue.take(s.max_batch, s.max_delay_ms / 1000)) is not None:
             batch, expired = taken
             for job in expired:
-                self.expired += 1
+                self.stats.count("expired")
                 self._answer(ErrorReply(ErrorCode.EXPIRED, "the deadline passed before a worker could run it; not run",
                                         job.request.request_id), job.request.kind, job.reply_to)
             if batch:
                 self._run(batch)
 
     def _run(self, batch: list[Job]) -> None:
-        model = self.models[batch[0].request.task]
+        model = self._by_name[(batch[0].request.task, batch[0].model)]
         started = time.monotonic()
         try:
             x = np.concatenate([job.request.tensor for job in batch]).astype(np.float32, copy=False)
-            probs = softmax(model.session.run(None, {model.input_name: x})[0], model.temperature)
+            probs = model.run(x)
         except Exception as exc:  # a bad batch fails its own requests, never the worker
             for job in batch:
-                self.errors += 1
+                self.stats.count("errors")
                 self._answer(ErrorReply(ErrorCode.INTERNAL, f"model run failed: {exc}", job.request.request_id),
                              job.request.kind, job.reply_to)
             return
-        run_ms = (time.monotonic() - started) * 1000
+        finished = time.monotonic()
         offset = 0
         for job in batch:
             rows = len(job.request.tensor)
-            queue_ms = (started - job.arrived) * 1000
-            reply = InferReply({"probabilities": probs[offset:offset + rows]}, model.name, model.version,
-                               job.request.request_id, Source.CLOUD, False, {"queue": queue_ms, "cloud": run_ms})
+            self._reply(job, model, probs[offset:offset + rows], started, finished)
             offset += rows
-            self.served += 1
-            self._answer(reply, job.request.kind, job.reply_to)
+
+    def _reply(self, job: Job, model: ServedModel, probs: np.ndarray, started: float, finished: float) -> None:
+        request = job.request
+        source = Source.CLOUD
+        if request.fusion is not None:
+            edge = request.inputs[EDGE_PROBS]
+            if edge.shape != probs.shape:
+                self.stats.count("errors")
+                self._answer(ErrorReply(ErrorCode.SHAPE_MISMATCH, f"{EDGE_PROBS} has shape {list(edge.shape)}; "
+                                        f"{model.name} answers {list(probs.shape)}", request.request_id),
+                             request.kind, job.reply_to)
+                return
+            probs, source = fuse(edge.astype(np.float32, copy=False), probs, request.fusion), Source.FUSED
+        timings = {"queue": (started - job.arrived) * 1000, "cloud": (finished - started) * 1000}
+        self.stats.answered(request.task, (finished - job.arrived) * 1000)
+        reply = InferReply({"probabilities": probs}, model.name, model.version, request.request_id, source, False,
+                           timings)
+        self._answer(reply, request.kind, job.reply_to)
 
     def _answer(self, reply: InferReply | ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
         topic, request_props = target
         payload, props = encode_reply(reply, kind, request_props)
         self._client.publish(topic, payload, qos=1, properties=props)
+
+
+def check_fusion(request: InferRequest) -> None:
+    """A fusion request carries one row of edge probabilities per input row."""
+    if request.fusion is None:
+        return
+    edge = request.inputs.get(EDGE_PROBS)
+    if edge is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"fusion asks for an {EDGE_PROBS!r} input with the edge model's "
+                            "probabilities; the request has none")
+    if edge.ndim != 2 or len(edge) != len(request.tensor) or edge.dtype.kind != "f":
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"{EDGE_PROBS} must be floats of shape [{len(request.tensor)}, "
+                            f"classes], got {edge.dtype} {list(edge.shape)}")
+    if not np.all(np.isfinite(edge)) or np.any(edge < 0):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{EDGE_PROBS} must be finite probabilities (>= 0)")
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -196,5 +254,5 @@ def run_worker(settings: WorkerSettings) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {settings.worker_id} %(levelname)s %(message)s")
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    log.info("serving %s", ", ".join(f"{t}: {m.name} v{m.version}" for t, m in worker.models.items()))
+    log.info("serving %s", ", ".join(f"{m.task}: {m.name} v{m.version}" for m in worker._all))
     worker.run()

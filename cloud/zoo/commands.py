@@ -1,16 +1,22 @@
-"""`fedge-cloud train` and `fedge-cloud models list`: the model zoo's subcommands."""
+"""`fedge-cloud train` and `fedge-cloud models list`: the model zoo's subcommands.
+
+Other modules add `models` actions (promote, rollback, publish) through ``add_models``'s
+``more_actions``, so each action lives with the code it drives.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
+from cloud.registry import ModelRecord, RegistryUnavailable, existing_registry
+from cloud.registry.open import add_registry_option
 from cloud.store import default_store_root
 from cloud.zoo.tasks import TASKS, DataOptions, UnknownTask
 
@@ -64,16 +70,24 @@ def run_train(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `models` (with `list`)."""
-    parser = commands.add_parser("models", help="what the model store holds",
-                                 description="Inspect the model store.")
+ModelsAction = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+               more_actions: Sequence[ModelsAction] = ()) -> None:
+    """Register `models` with `list`, then each of ``more_actions`` (each adds its own action parsers)."""
+    parser = commands.add_parser("models", help="the model store's versions and their rollout states",
+                                 description="Inspect the model store and change model versions' states.")
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
     listing = actions.add_parser("list", help="list every model version in the store",
-                                 description="List task, name, version, path and key metrics of every model.")
+                                 description="List task, name, version, path and key metrics of every model, and"
+                                 " its state (staged, canary, active, retired) when a registry exists.")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     add_store_option(listing)
+    add_registry_option(listing)
     listing.set_defaults(run=run_models_list)
+    for add_action in more_actions:
+        add_action(actions)
     parser.set_defaults(run=_help_of(parser))
 
 
@@ -94,14 +108,32 @@ def _row(stored: StoredModel) -> dict[str, object]:
             "created_at": m.created_at.isoformat()}
 
 
+def _registry_states(url: str | None) -> dict[tuple[str, str, int], ModelRecord] | None:
+    """Each version's registry record, or None when there is no registry (a missing SQLite file)."""
+    registry = existing_registry(url)
+    if registry is None:
+        return None
+    with registry:
+        return {(m.task, m.name, m.version): m for m in registry.models()}
+
+
 def run_models_list(args: argparse.Namespace) -> int:
     store = store_of(args)
+    try:
+        states = _registry_states(args.registry)
+    except (ValueError, RegistryUnavailable) as exc:
+        print(f"fedge-cloud models list: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT if isinstance(exc, ValueError) else ExitCode.UNAVAILABLE
     rows, problems = [], []
     for entry in store.all():
         if isinstance(entry, ManifestError):
             problems.append(str(entry))
         else:
             rows.append(_row(entry))
+    if states is not None:
+        for r in rows:
+            record = states.get((r["task"], r["name"], r["version"]))  # type: ignore[arg-type]
+            r["state"] = record.state.value if record else None
     for problem in problems:
         print(f"fedge-cloud models list: {problem}", file=sys.stderr)
     if args.json:
@@ -109,9 +141,11 @@ def run_models_list(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"the store {store.root} holds no models yet; try: fedge-cloud train --task mnist1d --model edge")
     else:
-        print(f"{'task':<9} {'name':<22} {'ver':>3} {'accuracy':>8} {'KiB':>7}  path")
+        state_head = "" if states is None else f"{'state':<8} "
+        print(f"{'task':<9} {'name':<22} {'ver':>3} {state_head}{'accuracy':>8} {'KiB':>7}  path")
         for r in rows:
             accuracy = r["metrics"].get("test_accuracy")  # type: ignore[union-attr]
             shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "-"
-            print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
+            state = "" if states is None else f"{r['state'] or '-':<8} "
+            print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {state}{shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
     return ExitCode.INVALID_INPUT if problems else ExitCode.OK

@@ -1,0 +1,82 @@
+"""The release command the cloud publishes (retained) for a task and device group, and its checks.
+
+A release wraps a signed model manifest with what to do (``install`` or
+``rollback``), whom it is for (a group, or a canary list of devices in it) and
+where the model bytes are. The release is signed as a whole, so neither the
+action nor the targets can be changed on the way; the manifest keeps its own
+signature from ``fedge-cloud models publish``. The model bytes are retained on
+``artifact_topic(...)``, derived from the manifest by both sides. ``issued_at`` orders releases,
+so an old one replayed is recognised and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.manifest import Manifest, ManifestError
+from agent.protocol import Topics
+from agent.protocol.topics import check_segment
+from agent.signing import verify
+from agent.validation_errors import describe
+
+Action = Literal["install", "rollback"]
+
+
+class ReleaseError(ManifestError):
+    """A release message that cannot be used: unreadable, unsigned, badly signed or not applicable."""
+
+
+class Release(BaseModel):
+    """One signed instruction: run this model version (``install`` forward, ``rollback`` back)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[1] = 1
+    action: Action
+    group: str = Field(description="Device group the release is for (the profile's updates.group)")
+    devices: list[str] | None = Field(None, description="Canary: only these devices of the group; None: all")
+    manifest: Manifest
+    issued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: every field but the release's own signature."""
+        doc = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def targets(self, device_id: str, group: str) -> bool:
+        return self.group == group and (self.devices is None or device_id in self.devices)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def release_topic(topics: Topics, task: str, group: str) -> str:
+    """Where the retained release of ``task`` for ``group`` lives: ``{prefix}/models/{task}/manifest/{group}``."""
+    return f"{topics.manifest(task)}/{check_segment(group, 'device group')}"
+
+
+def artifact_topic(topics: Topics, task: str, name: str, version: int) -> str:
+    """Where a model version's bytes are retained: ``{prefix}/models/{task}/artifact/{name}/{version}``."""
+    base = topics.manifest(task).rsplit("/", 1)[0]
+    return f"{base}/artifact/{check_segment(name, 'model name')}/{version}"
+
+
+def parse_release(payload: bytes, topic: str) -> Release:
+    """A release from a message payload; ReleaseError naming the topic otherwise."""
+    try:
+        return Release.model_validate_json(payload)
+    except ValidationError as exc:
+        raise ReleaseError(f"release on {topic}: invalid: {describe(exc)}") from None
+
+
+def check_signatures(release: Release, key: Ed25519PublicKey) -> None:
+    """Both signatures hold: the release (action, targets) and the manifest inside it (the model)."""
+    m = release.manifest
+    verify(release, key, f"release of {m.task}/{m.name} v{m.version}")
+    verify(m, key, f"manifest of {m.task}/{m.name} v{m.version}")

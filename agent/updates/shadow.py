@@ -1,0 +1,92 @@
+"""Shadow evaluation: the new model runs beside the old one on recent traffic before it may serve.
+
+Recent traffic is what the sample store kept: offloaded inputs with the
+cloud's answers (and users' labels where they sent feedback). The new model
+must mostly agree with the old one and must not be clearly less accurate
+against the cloud's labels; otherwise the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from agent.batching import QueueFull
+from agent.profile.updates import ShadowGate
+from agent.protocol import PRIORITY_MIN
+from agent.runtime import LocalModel
+from agent.samples import SampleStore
+
+RESULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Recent inputs and the best label known for each (a user's label, else the cloud's class)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision and the numbers behind it."""
+
+    passed: bool
+    reason: str
+    samples: int
+    agreement: float | None = None
+    old_accuracy: float | None = None
+    new_accuracy: float | None = None
+
+    def numbers(self) -> dict[str, float | int]:
+        shown = {"samples": self.samples, "agreement": self.agreement, "old_accuracy": self.old_accuracy,
+                 "new_accuracy": self.new_accuracy}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items() if v is not None}
+
+
+def recent_traffic(samples: SampleStore | None, task: str, most: int) -> Traffic:
+    """The newest ``most`` kept samples of ``task`` that carry a label (none when the store is off)."""
+    if samples is None or not samples.enabled or samples.count(task) == 0:
+        return Traffic(np.empty((0,)), np.empty((0,), np.int64))
+    kept = samples.training_set(task)
+    labels = kept.labels.copy()
+    has_soft = ~np.isnan(kept.soft).any(axis=1) if kept.soft.size else np.zeros(len(labels), bool)
+    cloud = np.where(has_soft, np.nan_to_num(kept.soft).argmax(axis=1) if kept.soft.size else -1, -1)
+    labels = np.where(labels >= 0, labels, cloud)
+    usable = np.flatnonzero(labels >= 0)[-most:]
+    return Traffic(kept.x[usable], labels[usable])
+
+
+def predict(model: LocalModel, x: np.ndarray) -> np.ndarray:
+    """Classes ``model`` gives ``x``, run through its own batcher at the lowest priority."""
+    step = model.batcher.max_batch_size
+    classes = []
+    for start in range(0, len(x), step):
+        future = model.batcher.submit(np.ascontiguousarray(x[start:start + step]), PRIORITY_MIN)
+        classes.append(np.asarray(future.result(timeout=RESULT_TIMEOUT_S)).argmax(axis=-1))
+    return np.concatenate(classes) if classes else np.empty((0,), np.int64)
+
+
+def evaluate(old: LocalModel, new: LocalModel, traffic: Traffic, gate: ShadowGate) -> Verdict:
+    """Run both models on ``traffic`` and apply ``gate``."""
+    n = len(traffic.labels)
+    if n < gate.min_samples or n == 0:
+        return Verdict(True, f"not shadow-evaluated: {n} recent labelled samples, the gate needs"
+                       f" {gate.min_samples}; installed on its signature alone", n)
+    try:
+        old_classes, new_classes = predict(old, traffic.x), predict(new, traffic.x)
+    except QueueFull:  # live traffic comes first
+        return Verdict(False, "not evaluated: the local queue was full; the next release retries", n)
+    agreement = float((old_classes == new_classes).mean())
+    old_accuracy = float((old_classes == traffic.labels).mean())
+    new_accuracy = float((new_classes == traffic.labels).mean())
+    measured = Verdict(True, f"passed the shadow gate on {n} recent samples", n, agreement, old_accuracy, new_accuracy)
+    if agreement < gate.min_agreement:
+        return replace(measured, passed=False, reason=f"agrees with the running model on {agreement:.0%} of {n}"
+                       f" recent samples; the gate needs {gate.min_agreement:.0%}")
+    if new_accuracy < old_accuracy - gate.max_accuracy_drop:
+        return replace(measured, passed=False, reason=f"accuracy against the cloud's labels {new_accuracy:.0%},"
+                       f" the running model's {old_accuracy:.0%}: more than {gate.max_accuracy_drop:.0%} worse")
+    return measured

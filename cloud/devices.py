@@ -1,0 +1,125 @@
+"""Feed the device registry from the fleet's MQTT traffic: heartbeats, and status with its Last Will.
+
+Agents publish ``{prefix}/device/{id}/heartbeat`` (JSON) and a retained
+``{prefix}/device/{id}/status`` (``online``, and ``offline`` as their Last
+Will), so the broker tells us when a device dies without a goodbye. A bad
+message is logged and dropped; the listener keeps going. Run it inside the
+coordinator or alone (``python -m cloud.devices --broker ... --registry ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.exit_codes import ExitCode
+from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles, connect, new_client
+from agent.offload import OFFLINE, ONLINE
+from agent.protocol import DEFAULT_PREFIX, Topics
+from cloud.registry import Registry, RegistryUnavailable
+from cloud.registry.open import add_registry_option, open_registry
+
+log = logging.getLogger(__name__)
+
+
+class DeviceListener:
+    """Subscribes to every device's heartbeat and status and writes them to ``registry``."""
+
+    def __init__(self, registry: Registry, host: str, port: int, topic_prefix: str = DEFAULT_PREFIX, *,
+                 client_id: str = "fedge-devices", tls: TlsFiles | None = None, username: str | None = None,
+                 password: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.host, self.port = host, port
+        self.prefix = Topics(topic_prefix).prefix  # validated
+        self.clock = clock
+        self.heartbeat_filter = f"{self.prefix}/device/+/heartbeat"
+        self.status_filter = f"{self.prefix}/device/+/status"
+        self._client = new_client(client_id, tls=tls, username=username, password=password)
+        self._client.on_connect = self._on_connect  # subscribes again after every reconnect
+        self._client.message_callback_add(self.heartbeat_filter, self._on_heartbeat)
+        self._client.message_callback_add(self.status_filter, self._on_status)
+
+    def start(self) -> None:
+        """Connect and listen in paho's thread; BrokerConnectError if the broker is not there."""
+        connect(self._client, self.host, self.port)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> DeviceListener:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe([(self.heartbeat_filter, 0), (self.status_filter, 1)])
+
+    def _device_of(self, topic: str) -> str:
+        return topic[len(self.prefix) + len("/device/"):].split("/", 1)[0]
+
+    def _on_heartbeat(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        device_id = self._device_of(msg.topic)
+        try:
+            heartbeat = json.loads(msg.payload)
+            if isinstance(heartbeat, dict) and heartbeat.get("device_id", device_id) != device_id:
+                raise ValueError(f"it names device {heartbeat['device_id']!r}, not the one of its topic")
+            self.registry.record_heartbeat(device_id, heartbeat, self.clock())
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+            log.warning("ignored a heartbeat from %s: %s", device_id, exc)
+        except Exception:  # a registry outage must not kill paho's thread; the next heartbeat retries
+            log.exception("could not record a heartbeat from %s", device_id)
+
+    def _on_status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        device_id = self._device_of(msg.topic)
+        if msg.payload not in (ONLINE, OFFLINE):
+            log.warning("ignored a status from %s: %r is neither 'online' nor 'offline'", device_id, msg.payload[:40])
+            return
+        try:
+            self.registry.record_presence(device_id, msg.payload == ONLINE, self.clock())
+        except Exception:
+            log.exception("could not record the status of %s", device_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the listener alone until SIGTERM or SIGINT (the coordinator runs it in-process)."""
+    parser = argparse.ArgumentParser(prog="python -m cloud.devices", description=main.__doc__)
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    add_registry_option(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        address = BrokerAddress.parse(args.broker)
+        registry = open_registry(args.registry)
+    except (ValueError, RegistryUnavailable) as exc:
+        print(f"cloud.devices: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT if isinstance(exc, ValueError) else ExitCode.UNAVAILABLE
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with registry, DeviceListener(registry, address.host, address.port, args.prefix,
+                                      tls=TlsFiles() if address.tls else None):
+            print(f"cloud.devices: listening on {args.broker} for {args.prefix}/device/+/...", flush=True)
+            stop.wait()
+    except BrokerConnectError as exc:
+        print(f"cloud.devices: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The coordinator's registry of model versions and devices (SQLite embedded, PostgreSQL by URL)."""
+
+from cloud.registry.base import (
+    DeviceRecord,
+    ModelEvent,
+    ModelRecord,
+    ModelState,
+    Registry,
+    RegistryUnavailable,
+)
+from cloud.registry.open import default_registry, existing_registry, open_registry
+
+__all__ = [
+    "DeviceRecord",
+    "ModelEvent",
+    "ModelRecord",
+    "ModelState",
+    "Registry",
+    "RegistryUnavailable",
+    "default_registry",
+    "existing_registry",
+    "open_registry",
+]

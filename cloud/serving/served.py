@@ -1,0 +1,146 @@
+"""Which model versions a worker serves, and each one loaded with its live metrics.
+
+A task may have several cloud models (``<task>-cloud``, ``<task>-cloud-small``,
+...): requests then pick among them by accuracy and expected latency. Which
+versions are served is decided in one place, ``served_models``: the newest
+verified version of each ``<task>-cloud*`` name in the store, or, for a task
+the registry has active versions of, exactly those (so a fresh registry serves
+what the store holds, and promote/rollback decide from then on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.confidence import softmax
+from agent.manifest import ManifestError
+from agent.model_store import ModelStore, StoredModel
+from agent.session import open_session
+from cloud.serving.latency import LatencyEwma
+
+log = logging.getLogger(__name__)
+ACCURACY_KEYS = ("accuracy", "test_accuracy")  # labelled-feedback accuracy first, then the zoo's test accuracy
+
+
+class ActiveVersions(Protocol):
+    """What serving needs of the registry (cloud.registry.Registry has it)."""
+
+    def active(self, task: str) -> Sequence[Any]:
+        """Records with ``.name``, ``.version`` and ``.metrics`` of the task's active versions."""
+
+
+def cloud_names(store: ModelStore, task: str) -> list[str]:
+    """The task's cloud model names: ``<task>-cloud`` and its variants."""
+    return [name for name in store.names(task) if name.startswith(f"{task}-cloud")]
+
+
+def _newest_verified(store: ModelStore, task: str, name: str) -> StoredModel | None:
+    for version in reversed(store.versions(task, name)):
+        try:
+            return store.verified(task, name, version)
+        except ManifestError as exc:
+            log.warning("not serving %s/%s v%s: %s", task, name, version, exc)
+    return None
+
+
+def served_models(store: ModelStore, registry: ActiveVersions | None = None,
+                  only: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[StoredModel]]:
+    """Task -> the verified versions to serve.
+
+    A task with active versions in the registry: exactly those (the ones that verify).
+    Otherwise: the newest verified version of each ``<task>-cloud*`` name.
+    ``only`` (task -> names, from the serve config) narrows either to the names given.
+    """
+    served: dict[str, list[StoredModel]] = {}
+    for task in sorted(set(store.tasks()) | set(only or {})):
+        if only is not None and task not in only:
+            continue
+        active = list(registry.active(task)) if registry is not None else []
+        if not active:
+            names = list(only[task]) if only is not None else cloud_names(store, task)
+            missing = [name for name in names if not store.versions(task, name)]
+            if missing:
+                raise LookupError(f"models.{task}: {', '.join(missing)} not in the store {store.root}; it holds "
+                                  f"{', '.join(store.names(task)) or 'no model of that task'}")
+            found = [_newest_verified(store, task, name) for name in names]
+        else:
+            found = []
+            for record in active:
+                if only is not None and record.name not in only[task]:
+                    continue
+                try:
+                    found.append(store.verified(task, record.name, int(record.version)))
+                except ManifestError as exc:
+                    log.warning("not serving active %s/%s v%s: %s", task, record.name, record.version, exc)
+        kept = [stored for stored in found if stored is not None]
+        if kept:
+            served[task] = kept
+    return served
+
+
+@dataclass
+class ServedModel:
+    """One loaded model: its session, what it is, and what it costs (accuracy, run time by batch size)."""
+
+    task: str
+    name: str
+    version: str
+    session: Any
+    input_name: str
+    temperature: float
+    accuracy: float | None
+    latency: LatencyEwma = field(default_factory=LatencyEwma)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for a batch, timing the run into the latency EWMA."""
+        started = time.perf_counter()
+        probs = softmax(self.session.run(None, {self.input_name: x})[0], self.temperature)
+        self.latency.observe(len(x), (time.perf_counter() - started) * 1000)
+        return probs
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "accuracy": self.accuracy, "latency_ms": self.latency.snapshot()}
+
+
+def accuracy_of(metrics: Mapping[str, float]) -> float | None:
+    return next((float(metrics[k]) for k in ACCURACY_KEYS if k in metrics), None)
+
+
+def load_model(stored: StoredModel, threads: int, max_batch: int) -> ServedModel:
+    """Open a session and seed its latency with one run at batch 1 and one at ``max_batch``.
+
+    A first, untimed run allocates the session's buffers, so no request pays
+    for it and it does not inflate the batch-1 estimate.
+    """
+    m = stored.manifest
+    spec = m.inputs[0]
+    model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
+                        spec.name, m.temperature, accuracy_of(m.metrics))
+    row = [d or 1 for d in spec.shape[1:]]
+    model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
+    for batch in sorted({1, max_batch}):
+        model.run(np.zeros([batch, *row], dtype=spec.dtype))
+    return model
+
+
+def require_served(store: ModelStore, registry: ActiveVersions | None = None,
+                   only: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[StoredModel]]:
+    """``served_models``, where nothing to serve is an error that says how to get a model."""
+    served = served_models(store, registry, only)
+    if not served:
+        raise LookupError(f"the store {store.root} holds no <task>-cloud model to serve; train one first: "
+                          "fedge-cloud train --task mnist1d --model cloud")
+    return served
+
+
+def load_served(store: ModelStore, threads: int, max_batch: int, registry: ActiveVersions | None = None,
+                only: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[ServedModel]]:
+    """Every served model loaded and warmed up, by task."""
+    served = require_served(store, registry, only)
+    return {task: [load_model(s, threads, max_batch) for s in versions] for task, versions in served.items()}
