@@ -102,7 +102,18 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Agent:
-        """Load and verify every model, then connect, serve HTTP and send heartbeats."""
+        """Load and verify every model and the release key, then connect, serve HTTP and send heartbeats.
+
+        If any step fails, what the earlier steps started is stopped again before the error is raised.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         p = self.profile
         for task, spec in p.models.items():
             policy = p.offload.get(task)
@@ -117,6 +128,8 @@ class Agent:
                 fusion_weight=policy.fusion.weight if policy and isinstance(policy.fusion, GeometricMeanFusion) else None,
                 deadline_ms=policy.default_deadline_ms if policy else DEFAULT_DEADLINE_MS,
             )
+        if p.updates.enabled:  # the release key is checked before anything connects
+            self.updater = Updater(self, self._state_dir)
         samples = p.storage.samples
         self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
                                    max_bytes=samples.max_bytes, retention_days=samples.retention_days)
@@ -125,8 +138,8 @@ class Agent:
             self.offload = OffloadClient(self.device_id, self.topics, self._broker, max_inflight=inflight,
                                          client_id=p.mqtt_client_id)
             self.offload.start()
-        if p.updates.enabled and self.offload is not None:
-            self.updater = Updater(self, self.offload, self._state_dir).start()
+        if self.updater is not None and self.offload is not None:
+            self.updater.start(self.offload)
         if p.api.enabled:
             self.api = ApiServer(self, p.api.host, self._api_port)
             self.api.start()
@@ -135,7 +148,6 @@ class Agent:
             self._heartbeat.start()
         self._ready = True
         log.info("agent %s ready: tasks %s", self.device_id, ", ".join(self._tasks))
-        return self
 
     def stop(self) -> None:
         """Stop taking requests, answer what is queued, publish offline, close the store."""

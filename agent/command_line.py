@@ -46,6 +46,16 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         return ExitCode.OK
 
 
+def print_help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A run function for a command given without its action (``fedge-cloud models``): its help, exit 2."""
+
+    def run(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return ExitCode.INVALID_INPUT
+
+    return run
+
+
 def _version() -> str:
     try:
         return metadata.version("fedge")

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.validation_errors import describe
 
 MANIFEST_FILE = "manifest.json"
+#: Task, model name and file name become path segments in the store: one plain segment each, so a
+#: signed manifest can never name a path outside its version directory ("..", "/", absolute paths).
+PATH_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class ManifestError(Exception):
@@ -40,12 +43,12 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal[1] = 1
-    task: str
-    name: str = Field(description="Model name within the task, e.g. cloud, edge, edge-int8")
+    task: str = Field(pattern=PATH_SEGMENT)
+    name: str = Field(pattern=PATH_SEGMENT, description="Model name within the task, e.g. cloud, edge, edge-int8")
     version: int = Field(ge=1, description="Increases with every release of (task, name)")
     parent_version: int | None = Field(None, description="Version of the model this one was derived from")
-    parent_name: str | None = Field(None, description="Name of the model this one was derived from")
-    file: str = "model.onnx"
+    parent_name: str | None = Field(None, pattern=PATH_SEGMENT, description="Name of the model this one was derived from")
+    file: str = Field("model.onnx", pattern=PATH_SEGMENT, description="The model file's name in its version directory")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     inputs: list[TensorSpec]
@@ -53,8 +56,16 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     recipe: dict[str, Any] | None = None
     temperature: float = Field(1.0, gt=0, description="Calibration temperature: softmax(logits / T)")
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
+
+    @field_validator("file")
+    @classmethod
+    def check_file(cls, value: str) -> str:
+        """The model file may not replace the manifest that vouches for it."""
+        if value == MANIFEST_FILE:
+            raise ValueError(f"the model file may not be called {MANIFEST_FILE}")
+        return value
 
     def signed_bytes(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature."""
@@ -82,6 +93,14 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: manifest not found") from None
     except ValidationError as exc:
         raise ManifestError(f"{path}: invalid manifest: {describe(exc)}") from None
+
+
+def file_in(directory: Path, name: str) -> Path:
+    """``directory / name``, refused (ManifestError) if it resolves outside ``directory``."""
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise ManifestError(f"{name!r} is not a plain file name inside {directory}")
+    return path
 
 
 def verify_file(manifest: Manifest, path: Path) -> None:

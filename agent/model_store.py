@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest, verify_file
+from agent.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    ManifestError,
+    file_in,
+    load_manifest,
+    verify_file,
+)
 
 
 class ModelNotFound(ManifestError):
@@ -26,7 +33,8 @@ class StoredModel:
 
     @property
     def model_path(self) -> Path:
-        return self.directory / self.manifest.file
+        """The model file, never outside ``directory`` whatever the manifest says."""
+        return file_in(self.directory, self.manifest.file)
 
 
 class ModelStore:

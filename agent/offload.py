@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -63,9 +64,17 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class CloudStatus:
-    """The coordinator's retained status (absent until one arrives; cleared when the connection drops)."""
+    """The coordinator's retained status (absent until one arrives; cleared when the connection drops).
+
+    ``expires_at`` (``time.monotonic()``) comes from the message's Message Expiry Interval, counted
+    from receipt: a coordinator that died cannot leave a "healthy" status behind for ever.
+    """
 
     doc: dict[str, Any]
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     @property
     def overloaded(self) -> bool:
@@ -88,6 +97,7 @@ class OffloadClient:
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
         self._handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
+        self._subscriptions = threading.Lock()  # a handler added while connecting is subscribed exactly once
         self._stopping = False
         self.ignored_replies = 0
         self._client = new_client(
@@ -130,10 +140,11 @@ class OffloadClient:
             return
         client.subscribe(self.reply_topic, qos=1)
         client.subscribe(self.topics.cloud_status, qos=1)
-        for topic in list(self._handlers):
-            client.subscribe(topic, qos=1)
+        with self._subscriptions:
+            for topic in list(self._handlers):
+                client.subscribe(topic, qos=1)
+            self._connected.set()
         client.publish(self._status_topic, ONLINE, qos=1, retain=True)
-        self._connected.set()
         log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
@@ -165,7 +176,9 @@ class OffloadClient:
         except (UnicodeDecodeError, json.JSONDecodeError):
             log.warning("ignored an unreadable cloud status")
             return
-        self._cloud_status = CloudStatus(doc) if isinstance(doc, dict) else None
+        expiry = getattr(msg.properties, "MessageExpiryInterval", None)
+        expires_at = time.monotonic() + expiry if expiry is not None else None
+        self._cloud_status = CloudStatus(doc, expires_at) if isinstance(doc, dict) else None
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, request: InferRequest) -> tuple[bytes, Future[InferReply | ErrorReply]]:
@@ -197,21 +210,36 @@ class OffloadClient:
 
     @property
     def cloud_status(self) -> CloudStatus | None:
-        return self._cloud_status
+        """The cloud's last status, None when none arrived or its Message Expiry Interval has passed."""
+        status = self._cloud_status
+        return None if status is None or status.expired(time.monotonic()) else status
 
     def subscribe(self, topic: str, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
-        """Hand ``topic``'s messages to ``handler`` (on the network thread), re-subscribed after reconnects."""
-        self._handlers[topic] = handler
-        self._client.message_callback_add(topic, lambda _c, _u, msg: handler(msg))
-        if self._connected.is_set():
-            self._client.subscribe(topic, qos=1)
+        """Hand ``topic``'s messages to ``handler`` (on the network thread), re-subscribed after reconnects.
+
+        The handler's exceptions are logged and go no further: one escaping into paho would end the
+        agent's only network thread, and with it offloading, heartbeats and releases.
+        """
+
+        def guarded(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                handler(msg)
+            except Exception:
+                log.exception("the handler of %s failed on a message of %d bytes", msg.topic, len(msg.payload))
+
+        self._client.message_callback_add(topic, guarded)
+        with self._subscriptions:
+            self._handlers[topic] = handler
+            if self._connected.is_set():
+                self._client.subscribe(topic, qos=1)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop what ``subscribe`` started."""
-        self._handlers.pop(topic, None)
+        with self._subscriptions:
+            self._handlers.pop(topic, None)
+            if self._connected.is_set():
+                self._client.unsubscribe(topic)
         self._client.message_callback_remove(topic)
-        if self._connected.is_set():
-            self._client.unsubscribe(topic)
 
     def publish_json(self, topic: str, doc: dict[str, Any], *, qos: int = 0, retain: bool = False) -> None:
         """Publish a JSON document (heartbeats); dropped silently while disconnected."""

@@ -63,6 +63,7 @@ def acl_text(fleet: Fleet) -> str:
                        f"topic write {p}/replies/#", f"topic write {p}/cloud/workers/+"])
     for coordinator in fleet.coordinators:
         blocks.append([f"user {coordinator}", f"topic write {t.cloud_status}", f"topic write {p}/models/#",
+                       f"topic write {p}/cloud/coordinators/+",
                        f"topic read {p}/cloud/workers/+", f"topic read {p}/device/+/status",
                        f"topic read {p}/device/+/heartbeat"])
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"

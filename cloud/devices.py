@@ -22,9 +22,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.exit_codes import ExitCode
-from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles, connect, new_client
+from agent.mqtt_client import (
+    BrokerConnectError,
+    TlsFiles,
+    connect,
+    new_client,
+)
 from agent.offload import OFFLINE, ONLINE
 from agent.protocol import DEFAULT_PREFIX, Topics
+from cloud.broker_options import add_broker_options, broker_connection, client_id
 from cloud.registry import Registry, RegistryUnavailable
 from cloud.registry.open import add_registry_option, open_registry
 
@@ -79,7 +85,7 @@ class DeviceListener:
             self.registry.record_heartbeat(device_id, heartbeat, self.clock())
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
             log.warning("ignored a heartbeat from %s: %s", device_id, exc)
-        except Exception:  # a registry outage must not kill paho's thread; the next heartbeat retries
+        except Exception:  # a registry outage must not kill paho's thread; each later call reconnects until it is back
             log.exception("could not record a heartbeat from %s", device_id)
 
     def _on_status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -96,13 +102,13 @@ class DeviceListener:
 def main(argv: list[str] | None = None) -> int:
     """Run the listener alone until SIGTERM or SIGINT (the coordinator runs it in-process)."""
     parser = argparse.ArgumentParser(prog="python -m cloud.devices", description=main.__doc__)
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    add_broker_options(parser)
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
     add_registry_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        address = BrokerAddress.parse(args.broker)
+        broker = broker_connection(args)
         registry = open_registry(args.registry)
     except (ValueError, RegistryUnavailable) as exc:
         print(f"cloud.devices: {exc}", file=sys.stderr)
@@ -111,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        with registry, DeviceListener(registry, address.host, address.port, args.prefix,
-                                      tls=TlsFiles() if address.tls else None):
+        with registry, DeviceListener(registry, broker.host, broker.port, args.prefix,
+                                      client_id=client_id("fedge-devices"), tls=broker.tls,
+                                      username=broker.username, password=broker.password):
             print(f"cloud.devices: listening on {args.broker} for {args.prefix}/device/+/...", flush=True)
             stop.wait()
     except BrokerConnectError as exc:

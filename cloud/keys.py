@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import BaseModel
 
+from agent.command_line import print_help_of
+from agent.durable import sync_directory, write_temp
 from agent.exit_codes import ExitCode
 from agent.signing import KeyFileError, Signed
-from cloud.zoo.commands import _help_of
 
 PRIVATE_FILE, PUBLIC_FILE = "release.key", "release.pub"
 DEFAULT_KEY_DIR = Path("keys")
@@ -38,19 +39,36 @@ def default_key_dir() -> Path:
 
 
 def init_keys(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Write a new key pair into ``directory``; an existing pair is kept unless ``force``."""
+    """Write a new key pair into ``directory``; an existing pair is kept unless ``force``.
+
+    Each file is written whole to a new temp file (created exclusively, 0600),
+    fsynced and renamed into place, so no reader sees half a key and an old file's looser mode never
+    applies to the new key. Two renames cannot be one atomic step, so the order
+    makes every crash point safe: the private key is the source of truth (the
+    public one derives from it), so the old public key is removed first and the
+    new one renamed in last. A crash can leave the pair without its public key
+    (run ``keys init --force`` again), never a public key that does not match.
+    """
     private, public = directory / PRIVATE_FILE, directory / PUBLIC_FILE
     if not force and (private.exists() or public.exists()):
         raise FileExistsError(f"{private} or {public} exists: every agent trusts the old public key,"
                               " so a new pair needs --force and the new release.pub on every device")
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    private.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
-    public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    temps: list[Path] = []
+    try:
+        temps.append(write_temp(private, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600))
+        temps.append(write_temp(public, key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
+                                 0o644))
+        public.unlink(missing_ok=True)
+        sync_directory(directory)
+        os.replace(temps[0], private)
+        sync_directory(directory)
+        os.replace(temps[1], public)
+        sync_directory(directory)
+    finally:
+        for temp in temps:  # renamed ones are gone already
+            temp.unlink(missing_ok=True)
     return private, public
 
 
@@ -88,7 +106,7 @@ def add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     init.add_argument("--dir", type=Path, default=None, help="key directory (default: $FEDGE_KEYS or ./keys)")
     init.add_argument("--force", action="store_true", help="replace an existing key pair")
     init.set_defaults(run=run_keys_init)
-    parser.set_defaults(run=_help_of(parser))
+    parser.set_defaults(run=print_help_of(parser))
 
 
 def run_keys_init(args: argparse.Namespace) -> int:

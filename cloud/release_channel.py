@@ -9,31 +9,54 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.model_store import StoredModel
 from agent.mqtt_client import TlsFiles, connect, new_client
 from agent.protocol import Topics
 from agent.updates import Release, artifact_topic, release_topic
+from cloud.broker_options import client_id as unique_client_id
 
 PUBLISH_TIMEOUT_S = 30.0
+SUBSCRIBE_TIMEOUT_S = 10.0
 Heartbeats = dict[str, dict[str, Any]]
 
 
 class ReleaseChannel:
-    """Publishes what agents install and keeps each device's latest heartbeat to judge the result."""
+    """Publishes what agents install and keeps each device's latest heartbeat to judge the result.
 
-    def __init__(self, host: str, port: int, topics: Topics, *, client_id: str = "fedge-rollout",
+    The heartbeat subscription is made in ``on_connect``, so it comes back after every
+    reconnect (a clean session forgets it): a broker blip during a canary wait must not
+    silence the canaries and roll back a good release.
+    """
+
+    def __init__(self, host: str, port: int, topics: Topics, *, client_id: str | None = None,
                  tls: TlsFiles | None = None, username: str | None = None, password: str | None = None) -> None:
         self.host, self.port, self.topics = host, port, topics
         self._heartbeat_filter = f"{topics.prefix}/device/+/heartbeat"
         self._heartbeats: Heartbeats = {}
         self._changed = threading.Condition()
-        self._client = new_client(client_id, tls=tls, username=username, password=password)
+        self._subscribed = threading.Event()
+        self._subscribe_refused: ReasonCode | None = None
+        self._acks: dict[int, ReasonCode] = {}
+        self._client = new_client(client_id or unique_client_id("fedge-rollout"), tls=tls, username=username,
+                                  password=password)
         self._client.message_callback_add(self._heartbeat_filter, self._on_heartbeat)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
 
     def __enter__(self) -> Self:
         connect(self._client, self.host, self.port)
-        self._client.subscribe(self._heartbeat_filter, qos=0)
+        if not self._subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+            self.__exit__()
+            raise ConnectionError(f"the broker at {self.host}:{self.port} did not confirm the subscription to"
+                                  f" {self._heartbeat_filter} within {SUBSCRIBE_TIMEOUT_S:g} s")
+        if self._subscribe_refused is not None:
+            self.__exit__()
+            raise ConnectionError(f"the broker at {self.host}:{self.port} refused the subscription to"
+                                  f" {self._heartbeat_filter}: {self._subscribe_refused}; its user needs read access"
+                                  " to the devices' heartbeats (fedge-cloud acl's coordinator)")
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -69,10 +92,29 @@ class ReleaseChannel:
             return True
 
     def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish retained at QoS 1 and wait for the broker's PUBACK; ConnectionError saying why not."""
         info = self._client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        try:
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # not connected, or paho's queue is full
+            raise ConnectionError(f"could not publish {topic} to the broker at {self.host}:{self.port}: {exc}") from None
         if not info.is_published():
             raise ConnectionError(f"the broker at {self.host}:{self.port} did not take {topic} in time")
+        reason = self._acks.pop(info.mid, None)
+        if reason is not None and reason.is_failure:
+            raise ConnectionError(f"the broker at {self.host}:{self.port} refused {topic}: {reason}; its user"
+                                  f" needs write access to {self.topics.prefix}/models/# (fedge-cloud acl's coordinator)")
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self._heartbeat_filter, qos=0)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _props: Any) -> None:
+        self._subscribe_refused = next((r for r in reasons if r.is_failure), None)
+        self._subscribed.set()
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _props: Any) -> None:
+        self._acks[mid] = reason
 
     def _on_heartbeat(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -5,17 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.durable import replace_file
 from agent.exit_codes import ExitCode
 from agent.manifest import MANIFEST_FILE, ManifestError
 from agent.model_store import ModelStore, StoredModel
-from agent.mqtt_client import BrokerAddress, BrokerConnectError
+from agent.mqtt_client import BrokerConnectError
 from agent.protocol import Topics
 from agent.signing import KeyFileError
-from cloud.keys import PRIVATE_FILE, default_key_dir, load_private_key, sign
+from cloud.broker_options import add_broker_options, broker_connection
+from cloud.keys import (
+    PRIVATE_FILE,
+    default_key_dir,
+    load_private_key,
+    sign,
+)
 from cloud.registry import ModelState, RegistryUnavailable, open_registry
 from cloud.registry.open import add_registry_option
 from cloud.release_channel import ReleaseChannel
@@ -23,13 +31,17 @@ from cloud.rollout import Rollout, RolloutError, RolloutPlan, summary
 from cloud.zoo.commands import add_store_option, store_of
 
 
-def sign_stored(store: ModelStore, task: str, name: str, version: int | None, key_file: Path) -> StoredModel:
-    """Sign a stored version's manifest in place (written whole, then renamed over the old one)."""
+def sign_stored(store: ModelStore, task: str, name: str, version: int | None,
+                key: Ed25519PrivateKey | Path) -> StoredModel:
+    """Sign a stored version's manifest in place with ``key`` (or the key in that file).
+
+    The signed manifest is written whole to a temp file, fsynced and renamed over the old one,
+    so a crash leaves the old manifest or the new one, never a torn one.
+    """
     stored = store.verified(task, name, version)
-    signed = sign(stored.manifest, load_private_key(key_file))
-    temp = stored.directory / f".{MANIFEST_FILE}.tmp"
-    temp.write_text(signed.to_json())
-    os.replace(temp, stored.directory / MANIFEST_FILE)
+    signed = sign(stored.manifest, key if isinstance(key, Ed25519PrivateKey) else load_private_key(key))
+    target = stored.directory / MANIFEST_FILE
+    replace_file(target, signed.to_json().encode())
     return StoredModel(signed, stored.directory)
 
 
@@ -64,6 +76,7 @@ def add_publish(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_publish(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
+        key = load_private_key(_key_file(args))  # before anything is stored: no key, no new version
         version = args.version
         if args.onnx is not None:
             from cloud.store import publish  # torch loads only when a file is added
@@ -71,7 +84,7 @@ def run_publish(args: argparse.Namespace) -> int:
             if not args.onnx.is_file():
                 raise ManifestError(f"{args.onnx}: no such ONNX file")
             version = publish(store, args.task, args.name, args.onnx, metrics={}).manifest.version
-        stored = sign_stored(store, args.task, args.name, version, _key_file(args))
+        stored = sign_stored(store, args.task, args.name, version, key)
         with open_registry(args.registry) as registry:
             registry.add_model(args.task, args.name, stored.manifest.version, ModelState.STAGED,
                                stored.manifest.metrics)
@@ -106,8 +119,10 @@ def add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         " (as the registry knows them from heartbeats) and the model file on its artifact topic. Each canary"
         " agent verifies, shadow-evaluates and reports in its heartbeat. All canaries serving the version:"
         " the release goes to the whole group and the version becomes active. A refusal or no report in"
-        " time: a signed rollback to the previous version goes to the group and the version is retired."
-        " Exit 0 when promoted, 1 when rolled back.",
+        " time: a signed rollback to the previous version (the active one, else the newest older one the"
+        " group runs) goes to the group and the version is retired. That rollback is checked and signed"
+        " before the canary starts: with no signed earlier version the rollout refuses to start (exit 2)"
+        " unless --first-release says there is none. Exit 0 when promoted, 1 when rolled back or withdrawn.",
     )
     parser.add_argument("--task", required=True, help="task, e.g. mnist1d")
     parser.add_argument("--version", type=int, required=True, help="signed store version to release")
@@ -115,7 +130,10 @@ def add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--group", default="default", help="device group (the profiles' updates.group)")
     parser.add_argument("--canary", type=parse_fraction, default=0.1, help="share of the group first (default 10%%)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for canary reports (default 120)")
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
+    parser.add_argument("--first-release", action="store_true",
+                        help="there is no earlier signed version to roll back to: if the canary fails, the release"
+                        " is withdrawn, but canaries that installed it keep it (nothing older to go back to)")
+    add_broker_options(parser)
     parser.add_argument("--prefix", default="fedge/v1", help="topic prefix (default fedge/v1)")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     _key_option(parser)
@@ -126,12 +144,14 @@ def add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_rollout(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plan = RolloutPlan(args.task, args.name or f"{args.task}-edge", args.version, args.group, args.canary, args.timeout)
+    plan = RolloutPlan(args.task, args.name or f"{args.task}-edge", args.version, args.group, args.canary,
+                       args.timeout, args.first_release)
     try:
         key = load_private_key(_key_file(args))
-        address = BrokerAddress.parse(args.broker)
+        broker = broker_connection(args)
         with open_registry(args.registry) as registry, \
-                ReleaseChannel(address.host, address.port, Topics(args.prefix)) as channel:
+                ReleaseChannel(broker.host, broker.port, Topics(args.prefix), tls=broker.tls,
+                               username=broker.username, password=broker.password) as channel:
             result = Rollout(store_of(args), registry, channel, key).run(plan)
     except (RolloutError, KeyFileError, ManifestError, ValueError) as exc:
         print(f"fedge-cloud rollout: {exc}", file=sys.stderr)

@@ -7,6 +7,11 @@ gate with a reason). All canaries on the new version → the release goes to the
 whole group and the version becomes ACTIVE; any refusal or silence → a signed
 rollback to the previous version goes to the group and the version is RETIRED,
 with the reason in the registry's history.
+
+The rollback is checked and signed before the canary release goes out: a
+rollout that could not undo itself does not start, unless the operator says it
+is a first release (then a failed canary is withdrawn, and canaries that
+installed it keep it: nothing older is there to go back to).
 """
 
 from __future__ import annotations
@@ -14,19 +19,21 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
+from agent.signing import SignatureError, verify
 from agent.updates import Release
+from agent.updates.release import Action
 from cloud.keys import sign
 from cloud.registry import ModelState, Registry
 from cloud.release_channel import Heartbeats, ReleaseChannel
 
 log = logging.getLogger(__name__)
-Action = Literal["install", "rollback"]
 
 
 class RolloutError(Exception):
@@ -41,24 +48,32 @@ class RolloutPlan:
     group: str = "default"
     canary_fraction: float = 0.1
     health_timeout_s: float = 120.0
+    first_release: bool = False  # no earlier version to roll back to is expected: a failed canary is withdrawn
 
 
 @dataclass(frozen=True)
 class RolloutResult:
-    outcome: Literal["promoted", "rolled back"]
+    outcome: Literal["promoted", "rolled back", "withdrawn"]
     canary: list[str]
     reason: str
     previous: int | None
 
 
 def signed_release(stored: StoredModel, action: Action, group: str, devices: list[str] | None,
-                   key: Ed25519PrivateKey) -> Release:
-    """A release of a published (signed) model version, signed as a whole."""
+                   key: Ed25519PrivateKey, *, issued_at: datetime | None = None) -> Release:
+    """A release of a published (signed) model version, signed as a whole; ``issued_at`` defaults to now."""
     m = stored.manifest
     if not m.signature:
-        raise RolloutError(f"{m.task}/{m.name} v{m.version} is not signed: run fedge-cloud models publish"
-                           f" --task {m.task} --name {m.name} --version {m.version} first")
-    return sign(Release(action=action, group=group, devices=devices, manifest=m), key)
+        raise RolloutError(f"{m.task}/{m.name} v{m.version} is not signed: run {_publish_hint(stored)} first")
+    release = Release(action=action, group=group, devices=devices, manifest=m)
+    if issued_at is not None:
+        release = release.model_copy(update={"issued_at": issued_at})
+    return sign(release, key)
+
+
+def _publish_hint(stored: StoredModel) -> str:
+    m = stored.manifest
+    return f"fedge-cloud models publish --task {m.task} --name {m.name} --version {m.version}"
 
 
 def pick_canary(device_ids: list[str], fraction: float) -> list[str]:
@@ -67,17 +82,38 @@ def pick_canary(device_ids: list[str], fraction: float) -> list[str]:
 
 
 def canary_verdict(heartbeats: Heartbeats, canary: list[str], release: Release) -> tuple[bool, str] | None:
-    """(healthy, why) once every canary reported on ``release`` or one refused it; None while waiting."""
+    """(healthy, why) once every canary reported on ``release`` or one refused it; None while waiting.
+
+    Only an outcome naming this release (its ``issued_at``) counts: a device's report on an
+    older release, or its refusal of some unverified message, says nothing about this one.
+    """
     m = release.manifest
-    issued = release.issued_at.isoformat()
     pending = []
     for device in canary:
-        outcome = (heartbeats.get(device, {}).get("updates") or {}).get(m.task) or {}
-        if outcome.get("issued_at") != issued:
+        updates = heartbeats.get(device, {}).get("updates")
+        outcome = updates.get(m.task) if isinstance(updates, dict) else None  # a malformed heartbeat: no report
+        if not isinstance(outcome, dict) or _issued_at(outcome) != release.issued_at:
             pending.append(device)
-        elif outcome.get("state") != "active":
+        elif outcome.get("state") != "active" or outcome.get("version") != m.version:
             return False, f"{device} refused v{m.version}: {outcome.get('reason', 'no reason given')}"
     return (True, f"v{m.version} serves on {', '.join(canary)}") if not pending else None
+
+
+def _issued_at(outcome: dict[str, Any]) -> datetime | None:
+    """The release an outcome belongs to; None when it names none (or nothing readable)."""
+    value = outcome.get("issued_at")
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Rollback:
+    """The way back, made before the canary goes out: the version and its signed rollback release."""
+
+    stored: StoredModel
+    release: Release
 
 
 class Rollout:
@@ -87,14 +123,15 @@ class Rollout:
         self.store, self.registry, self.channel, self.key = store, registry, channel, key
 
     def run(self, plan: RolloutPlan) -> RolloutResult:
+        """Canary, judge, then promote or go back; RolloutError before anything is published if it cannot start."""
         try:
-            stored = self.store.verified(plan.task, plan.name, plan.version)
+            stored = self._releasable(self.store.verified(plan.task, plan.name, plan.version))
         except ManifestError as exc:
             raise RolloutError(str(exc)) from None
         devices = self._group(plan)
         canary = pick_canary(devices, plan.canary_fraction)
-        previous = self._previous(plan)
         release = signed_release(stored, "install", plan.group, canary, self.key)
+        back = self._way_back(plan, release)
         self.registry.add_model(plan.task, plan.name, plan.version, metrics=stored.manifest.metrics)
         self.channel.publish_artifact(stored)
         self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.CANARY,
@@ -117,9 +154,43 @@ class Rollout:
             self.channel.publish_release(signed_release(stored, "install", plan.group, None, self.key))
             self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.ACTIVE,
                                           f"canary healthy ({why}); released to group {plan.group}")
-            return RolloutResult("promoted", canary, why, previous)
-        self._roll_back(plan, previous, why)
-        return RolloutResult("rolled back", canary, why, previous)
+            return RolloutResult("promoted", canary, why, None if back is None else back.stored.manifest.version)
+        return self._roll_back(plan, canary, back, why)
+
+    def _releasable(self, stored: StoredModel) -> StoredModel:
+        """``stored``, if its manifest carries this key's signature (what agents will check)."""
+        m = stored.manifest
+        try:
+            verify(m, self.key.public_key(), f"{m.task}/{m.name} v{m.version}")
+        except SignatureError as exc:
+            raise RolloutError(f"{exc}; sign it with this key: {_publish_hint(stored)}") from None
+        return stored
+
+    def _way_back(self, plan: RolloutPlan, canary: Release) -> _Rollback | None:
+        """The signed rollback to the previous version, ready before the canary goes out.
+
+        It is issued just after the canary release, so a canary that handled that one still takes it.
+        None only for a first release; otherwise nothing valid to go back to is a RolloutError.
+        """
+        previous = self._previous(plan)
+        if previous is None:
+            problem = (f"no earlier version of {plan.task}/{plan.name} to roll back to (none is active in the"
+                       f" registry and no device of group {plan.group!r} runs an older one)")
+        else:
+            try:
+                back = self._releasable(self.store.verified(plan.task, plan.name, previous))
+                release = signed_release(back, "rollback", plan.group, None, self.key,
+                                         issued_at=canary.issued_at + timedelta(microseconds=1))
+                return _Rollback(back, release)
+            except (ManifestError, RolloutError) as exc:
+                problem = f"cannot roll back to v{previous}: {exc}"
+        if plan.first_release:
+            log.warning("%s; first release: a failed canary is withdrawn and canaries that installed it keep it",
+                        problem)
+            return None
+        raise RolloutError(f"{problem}, so a failed canary could not be undone. Publish (sign) the version to go"
+                           " back to, or, for a first release, pass --first-release: a failed canary is then"
+                           " withdrawn, and canaries that installed it keep it")
 
     def _group(self, plan: RolloutPlan) -> list[str]:
         devices = [d for d in self.registry.devices() if d.group == plan.group and d.online and plan.task in d.models]
@@ -139,17 +210,23 @@ class Rollout:
                    for t, v in d.models.items() if t == plan.task and v.isdigit() and int(v) < plan.version]
         return max(running) if running else None
 
-    def _roll_back(self, plan: RolloutPlan, previous: int | None, why: str) -> None:
-        if previous is None:
-            self.channel.clear_release(plan.task, plan.group)
-            reason = f"canary failed ({why}); no earlier version, release withdrawn"
-        else:
-            back = self.store.verified(plan.task, plan.name, previous)
-            self.channel.publish_artifact(back)
-            self.channel.publish_release(signed_release(back, "rollback", plan.group, None, self.key))
-            reason = f"canary failed ({why}); group {plan.group} rolled back to v{previous}"
+    def _roll_back(self, plan: RolloutPlan, canary: list[str], back: _Rollback | None, why: str) -> RolloutResult:
+        try:
+            if back is None:
+                self.channel.clear_release(plan.task, plan.group)
+                reason = (f"canary failed ({why}); first release, so it was withdrawn: canaries that installed it"
+                          f" ({', '.join(canary)}) keep it")
+            else:
+                self.channel.publish_artifact(back.stored)
+                self.channel.publish_release(back.release)
+                reason = f"canary failed ({why}); group {plan.group} rolled back to v{back.stored.manifest.version}"
+        except ConnectionError as exc:  # the registry keeps saying canary, which is the truth
+            raise ConnectionError(f"canary of v{plan.version} failed ({why}), but going back failed too: {exc};"
+                                  f" v{plan.version} stays on {', '.join(canary)}") from None
         log.warning("%s/%s v%s: %s", plan.task, plan.name, plan.version, reason)
         self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.RETIRED, reason)
+        return RolloutResult("rolled back" if back else "withdrawn", canary, why,
+                             None if back is None else back.stored.manifest.version)
 
 
 def summary(result: RolloutResult, plan: RolloutPlan) -> dict[str, Any]:

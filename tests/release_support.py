@@ -28,11 +28,11 @@ from tests.agent_support import profile_doc
 TASK, NAME, FEATURES, CLASSES = "mnist1d", "mnist1d-edge", 40, 10
 
 
-def linear_onnx(path: Path, weights: np.ndarray) -> Path:
-    """A linear classifier input[N,40] -> logits[N,10]: a real ONNX model that builds in milliseconds."""
+def linear_onnx(path: Path, weights: np.ndarray, *, features: int = FEATURES) -> Path:
+    """A linear classifier input[N,features] -> logits[N,10]: a real ONNX model that builds in milliseconds."""
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "w"], ["logits"])], "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, FEATURES])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, features])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, CLASSES])],
         [numpy_helper.from_array(weights.astype(np.float32), "w")],
     )
@@ -74,6 +74,13 @@ def make_cloud(root: Path) -> CloudSide:
         publish(store, TASK, NAME, linear_onnx(root / f"v{version}.onnx", weights), metrics={})
         sign_stored(store, TASK, NAME, version, keys / "release.key")
     return CloudSide(store, keys, base)
+
+
+def add_signed_version(cloud: CloudSide, onnx_file: Path) -> int:
+    """Publish ``onnx_file`` as the next signed version of TASK/NAME in ``cloud``'s store; its number."""
+    version = publish(cloud.store, TASK, NAME, onnx_file, metrics={}).manifest.version
+    sign_stored(cloud.store, TASK, NAME, version, cloud.private_key)
+    return version
 
 
 def install_locally(cloud: CloudSide, agent_store: Path, *versions: int) -> None:

@@ -80,9 +80,10 @@ def accuracies(store: ModelStore) -> dict[str, float]:
 
 
 @contextmanager
-def running_worker(settings: WorkerSettings, broker: Mosquitto) -> Iterator[Worker]:
-    """An in-process worker, returned once its first status report shows it connected and subscribed."""
-    w = Worker(settings)
+def running_worker(settings: WorkerSettings, broker: Mosquitto, kind: type[Worker] = Worker) -> Iterator[Worker]:
+    """An in-process worker (of class ``kind``), returned once its first status report shows it connected and
+    subscribed."""
+    w = kind(settings)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     try:

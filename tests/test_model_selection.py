@@ -27,7 +27,7 @@ from cloud.registry import ModelState, open_registry
 from cloud.serving.latency import LatencyEwma
 from cloud.serving.selection import Reason, UnknownModel, choose
 from cloud.serving.served import served_models
-from cloud.serving.worker import Worker, WorkerSettings, check_settings
+from cloud.serving.worker import Worker, WorkerSettings, registry_at
 from tests.agent_support import sample_inputs
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.serving_support import (
@@ -88,16 +88,19 @@ def test_every_cloud_name_is_served_at_its_newest_verified_version(store: ModelS
 
 def test_a_registry_decides_which_versions_are_served(store: ModelStore, tmp_path: Path) -> None:
     with open_registry(tmp_path / "registry.db") as registry:
+        registry.add_model("mnist1d", "mnist1d-edge", 1, ModelState.ACTIVE)  # an edge rollout: never served here
+        served = {(s.manifest.name, s.manifest.version) for s in served_models(store, registry)["mnist1d"]}
+        assert served == {(LARGE, 2), (SMALL, 1)}  # no active cloud version yet: the store's newest
         registry.add_model("mnist1d", LARGE, 1, ModelState.ACTIVE)
         registry.add_model("mnist1d", LARGE, 2, ModelState.STAGED)
         registry.add_model("mnist1d", SMALL, 1, ModelState.ACTIVE)
         served = {(s.manifest.name, s.manifest.version) for s in served_models(store, registry)["mnist1d"]}
         assert served == {(LARGE, 1), (SMALL, 1)}
+        assert [s.manifest.name for s in served_models(store, registry, {"mnist1d": [SMALL]})["mnist1d"]] == [SMALL]
         registry.set_model_state("mnist1d", SMALL, 1, ModelState.RETIRED)
         assert [s.manifest.name for s in served_models(store, registry)["mnist1d"]] == [LARGE]
-    by_url = WorkerSettings(store=store.root, host="unused", port=1, worker_id="w",
-                            registry_url=f"sqlite:///{tmp_path / 'registry.db'}")
-    assert [(s.manifest.name, s.manifest.version) for s in check_settings(by_url)["mnist1d"]] == [(LARGE, 1)]
+    with registry_at(f"sqlite:///{tmp_path / 'registry.db'}") as by_url:
+        assert [(s.manifest.name, s.manifest.version) for s in served_models(store, by_url)["mnist1d"]] == [(LARGE, 1)]
 
 
 def test_selection_weighs_accuracy_against_queue_and_deadline(worker: Worker) -> None:
@@ -111,11 +114,16 @@ def test_selection_weighs_accuracy_against_queue_and_deadline(worker: Worker) ->
     assert (tight.model.name, tight.reason) == (SMALL, Reason.FITS)
     # a deadline the large model meets on an idle worker, but not behind a full batch of large-model work
     full_batch = large.latency.expected(MAX_BATCH)
-    deadline = 1.5 * full_batch
+    deadline = full_batch + large.latency.expected(1) / 2
     assert choose(models, None, deadline, {}, MAX_BATCH).model.name == LARGE
     behind = choose(models, None, deadline, {LARGE: MAX_BATCH}, MAX_BATCH)
     assert (behind.model.name, behind.reason) == (SMALL, Reason.FITS)
     assert behind.expected_ms == pytest.approx(full_batch + small.latency.expected(1))
+    # a request joining its model's queued jobs is counted once: in their batch, not after it
+    joining = choose(models, LARGE, 10_000, {LARGE: 1, SMALL: 2}, MAX_BATCH)
+    assert joining.expected_ms == pytest.approx(large.latency.expected(2) + small.latency.expected(2))
+    next_batch = choose(models, LARGE, 10_000, {LARGE: MAX_BATCH}, MAX_BATCH)
+    assert next_batch.expected_ms == pytest.approx(full_batch + large.latency.expected(1))
     hopeless = choose(models, None, 0, {}, MAX_BATCH)
     assert (hopeless.model.name, hopeless.reason) == (SMALL, Reason.FASTEST)
     with pytest.raises(UnknownModel, match=LARGE):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
@@ -9,7 +13,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
+from agent.offload import (
+    BrokerSettings,
+    ConnectionLost,
+    OffloadClient,
+    OffloadUnavailable,
+)
 from agent.protocol import InferReply, InferRequest, ProtocolError, Topics
 from cloud.mosquitto import Mosquitto
 from tests.mqtt_helpers import Inbox, client, subscribe
@@ -116,5 +125,56 @@ def test_broker_killed_fails_inflight_then_offloading_resumes(broker: Mosquitto)
             reply = future.result(timeout=5)
             assert isinstance(reply, InferReply)
             assert float(reply.outputs["output"][0, 0]) == 3.0
+    finally:
+        agent.stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``check`` holds within ``timeout`` seconds (polled on an Event, so nothing sleeps blind)."""
+    deadline, tick = time.monotonic() + timeout, threading.Event()
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        tick.wait(0.02)
+    return True
+
+
+def test_a_failing_subscription_handler_is_logged_and_offloading_goes_on(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    topic = "fedge/v1/test/boom"
+    with client(broker, "publisher") as publisher:
+        publisher.publish(topic, b"boom", qos=1, retain=True).wait_for_publish(5)
+    agent = offload_client(broker)
+    try:
+        def explode(_msg: object) -> None:
+            raise RuntimeError("handler bug")
+
+        agent.subscribe(topic, explode)  # the retained message arrives before the reply below
+        with responding(broker, lambda x: x + 1):
+            _, future = agent.submit(request(1.0))
+            assert isinstance(future.result(timeout=5), InferReply)
+    finally:
+        agent.stop()
+    failures = [r for r in caplog.records if "handler of fedge/v1/test/boom failed" in r.getMessage()]
+    assert failures and failures[0].exc_info is not None, caplog.text
+
+
+def test_a_cloud_status_past_its_message_expiry_counts_as_absent(broker: Mosquitto) -> None:
+    agent = offload_client(broker)
+    try:
+        with client(broker, "cloud") as cloud:
+            cloud.publish(TOPICS.cloud_status, json.dumps({"healthy": True}).encode(), qos=1,
+                          retain=True).wait_for_publish(5)
+            assert eventually(lambda: agent.cloud_status is not None), "never saw the status"
+            lasting = agent.cloud_status
+            assert lasting is not None and lasting.expires_at is None
+            assert not lasting.expired(time.monotonic() + 10**9)  # without the property: valid as long as it stands
+            expiring = Properties(PacketTypes.PUBLISH)
+            expiring.MessageExpiryInterval = 1
+            cloud.publish(TOPICS.cloud_status, json.dumps({"healthy": True, "overloaded": True}).encode(), qos=1,
+                          retain=True, properties=expiring).wait_for_publish(5)
+            assert eventually(lambda: agent.cloud_status is not None and agent.cloud_status.overloaded), \
+                "never saw the expiring status"
+            assert eventually(lambda: agent.cloud_status is None), "the status outlived its Message Expiry"
     finally:
         agent.stop()

@@ -46,10 +46,20 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         yield Backend("sqlite", str(tmp_path / "registry.db"))
         return
+    yield from _postgres_backend()
+
+
+@pytest.fixture
+def backend_postgres() -> Iterator[Backend]:
+    yield from _postgres_backend()
+
+
+def _postgres_backend() -> Iterator[Backend]:
+    """A PostgreSQL backend in a fresh schema per test, dropped after it."""
     import psycopg
 
     assert POSTGRES_URL is not None
-    schema = f"fedge_test_{uuid.uuid4().hex[:12]}"  # a fresh schema per test, dropped after it
+    schema = f"fedge_test_{uuid.uuid4().hex[:12]}"
     yield Backend("postgresql", POSTGRES_URL, schema)
     with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
         db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -175,6 +185,22 @@ def test_concurrent_writers_in_two_processes(backend: Backend, registry: Registr
     assert sum(e.reason.startswith("worker") for e in events) == 2 * rounds
     assert [d.device_id for d in registry.devices()] == ["dev-1", "dev-2"]
     assert all(len(registry.device_history(f"dev-{w}", 1000)) == rounds for w in (1, 2))
+
+
+@pytest.mark.skipif(POSTGRES_URL is None, reason="FEDGE_TEST_POSTGRES_URL is not set")
+def test_postgres_registry_reconnects_after_losing_its_connection(backend_postgres: Backend) -> None:
+    import psycopg
+
+    assert POSTGRES_URL is not None
+    with backend_postgres.open() as registry:
+        registry.add_model("t", "big", 1)
+        assert isinstance(registry, PostgresRegistry)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:  # as a database restart would
+            admin.execute("SELECT pg_terminate_backend(%s)", (registry._db.info.backend_pid,))
+        registry.set_model_state("t", "big", 1, A, reason="after the restart")  # reconnected, in its schema
+        assert states(registry) == {("big", 1): A}
+        registry.record_heartbeat("pi-1", heartbeat(), 1.0)
+        assert [d.device_id for d in registry.devices()] == ["pi-1"]
 
 
 # -- devices ------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.agent import Agent
+from agent.mqtt_client import BrokerConnectError
 from agent.protocol import (
     ErrorCode,
     ErrorReply,
@@ -33,6 +37,7 @@ from agent.protocol import (
 )
 from cloud.cli import main as cloud_main
 from cloud.mosquitto import Mosquitto, free_port
+from cloud.registry import ModelRecord, ModelState, open_registry
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.scheduler import JobQueue
 from cloud.serving.worker import Worker, WorkerSettings
@@ -116,17 +121,65 @@ def test_a_thousand_malformed_requests_get_a_thousand_error_replies(worker: Work
         for i in range(1000):
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = "test/fuzz"
-            if i % 3 == 0:
+            body = rng.bytes(int(rng.integers(0, 64)))
+            if i % 5 == 0:
                 props.UserProperty = [("fedge-tensor", f"input;float32;{rng.integers(1, 1 << 20)},{rng.integers(1, 9)}")]
-            elif i % 3 == 1:
+            elif i % 5 == 1:
                 props.ContentType = "application/json"
-            fuzzer.publish(TOPICS.infer("mnist1d"), rng.bytes(int(rng.integers(0, 64))), qos=1, properties=props)
+            elif i % 5 == 3:  # a well-formed scalar input (no batch dimension), with fusion every other time
+                fusion = [("fedge-tensor", "edge_probs;float32;1,10"), ("fedge-fusion", "0.5")] if i % 2 else []
+                props.UserProperty = [("fedge-tensor", "x;float32;"), *fusion]
+                body = rng.bytes(4 + (40 if fusion else 0))
+            fuzzer.publish(TOPICS.infer("mnist1d"), body, qos=1, properties=props)
         replies = [decode_reply(m.payload, m.properties) for m in (inbox.get(timeout=20) for _ in range(1000))]
     assert all(isinstance(r, ErrorReply) for r in replies)
+    assert sum(r.code is ErrorCode.SHAPE_MISMATCH and "scalar" in r.message for r in replies) == 200
     assert worker.stats.errors == 1000
     x, _ = sample_inputs(1)
     payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic="test/replies")
     assert isinstance(_ask(broker, payload, props), InferReply)  # still serving
+
+
+class _FaultyWorker(Worker):
+    """A worker whose own code fails on chosen requests: the bugs the worker's last-resort guards are for."""
+
+    def _choose(self, request: InferRequest) -> str:
+        if request.request_id == "boom-receiving":
+            raise RuntimeError("injected failure while receiving")
+        return super()._choose(request)
+
+    def _reply(self, job: Any, *args: Any) -> None:
+        if job.request.request_id == "boom-answering":
+            raise RuntimeError("injected failure while answering")
+        super()._reply(job, *args)
+
+
+def test_a_failure_in_the_worker_fails_one_request_and_the_worker_keeps_serving(zoo: Path, broker: Mosquitto) -> None:
+    ids = ["boom-receiving", "a", "boom-answering", "b", "c"]
+    x, _ = sample_inputs(1)
+    with running_worker(settings(zoo, broker, max_delay_ms=300), broker, _FaultyWorker) as w, \
+            client(broker, "asker") as asker:
+        inbox = Inbox(asker)
+        subscribe(asker, "test/replies")
+        for rid in ids:  # within one batch delay: a, boom-answering, b, c run as one batch
+            payload, props = encode_request(InferRequest("mnist1d", {"input": x}, request_id=rid),
+                                            response_topic="test/replies")
+            asker.publish(TOPICS.infer("mnist1d"), payload, qos=1, properties=props)
+        replies = {r.request_id: r for r in (decode_reply(m.payload, m.properties)
+                                             for m in (inbox.get(timeout=20) for _ in ids))}
+        assert sorted(replies) == sorted(ids)
+        for rid in ("boom-receiving", "boom-answering"):
+            failed = replies[rid]
+            assert isinstance(failed, ErrorReply) and failed.code is ErrorCode.INTERNAL and "injected" in failed.message
+        assert all(isinstance(replies[rid], InferReply) for rid in "abc")
+        assert w.stats.errors == 2 and w.stats.served == 3
+        # both threads survived: a later request is still answered
+        payload, props = encode_request(InferRequest("mnist1d", {"input": x}, request_id="after"),
+                                        response_topic="test/replies")
+        asker.publish(TOPICS.infer("mnist1d"), payload, qos=1, properties=props)
+        msg = inbox.get(timeout=20)
+        after = decode_reply(msg.payload, msg.properties)
+        assert isinstance(after, InferReply) and after.request_id == "after"
 
 
 def _decisions(status: dict[str, Any]) -> dict[str, int]:
@@ -139,21 +192,21 @@ def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broke
     runner.start()
     offload = {"mode": "threshold", "metric": "max_prob", "threshold": 1.0, "default_deadline_ms": 3000}
     try:
-        with Agent(make_profile(zoo, broker, offload=offload, api_port=free_port())) as agent:
+        with Agent(make_profile(zoo, broker, offload=offload, api_port=free_port())) as agent, \
+                client(broker, "watcher") as watcher:
             assert agent.offload is not None
+            statuses = Inbox(watcher)
+            subscribe(watcher, TOPICS.cloud_status)
+            _wait_for_status(statuses, lambda doc: doc.get("workers_alive") == 2)  # both reported: subscribed
             deadline = time.monotonic() + 60
             while not (agent.offload.cloud_status and agent.offload.cloud_status.doc.get("workers_alive") == 2):
-                assert time.monotonic() < deadline, "workers did not come up"
+                assert time.monotonic() < deadline, "the agent did not get the status"
                 time.sleep(0.05)
-            time.sleep(1.0)  # both workers subscribed and reporting
             x, _ = sample_inputs(300)
             replies = [agent.infer(InferRequest("mnist1d", {"input": x[i:i + 1]})) for i in range(100)]
             assert all(r.source is Source.CLOUD for r in replies)
-            deadline = time.monotonic() + 30
-            while sum(_decisions(coordinator.status()).values()) < 100:  # reports come every interval
-                assert time.monotonic() < deadline, coordinator.status()
-                time.sleep(0.05)
-            status = coordinator.status()
+            # reports come every interval; the retained status folds them
+            status = _wait_for_status(statuses, lambda doc: sum(_decisions(doc).values()) >= 100, timeout=30)
             assert len(status["served"]) == 2 and all(n > 0 for n in status["served"].values()), status
             mnist = status["tasks"]["mnist1d"]  # per-task load from the workers' reports
             assert mnist["queue_depth"] == 0 and 0 < mnist["p50_ms"] <= mnist["p99_ms"]
@@ -215,8 +268,10 @@ store: {zoo / "state" / "models"}
 registry: {tmp_path / "registry.db"}
 """)
     env = {**os.environ, "TEST_COORDINATOR_PASSWORD": USERS["coordinator"]}
-    serve = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve", "--config", str(config)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"  # a file, not a pipe: nobody reads a pipe until the end, and logs could fill it
+    with log.open("w") as log_file:
+        serve = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve", "--config", str(config)], env=env,
+                                 stdout=log_file, stderr=subprocess.STDOUT, text=True)
     try:
         with client(acl_broker, "device-a", username="device-a", password=USERS["device-a"]) as device:
             inbox = Inbox(device)
@@ -243,6 +298,116 @@ registry: {tmp_path / "registry.db"}
             assert listed[0]["device_id"] == "device-a" and listed[0]["models"] == {"mnist1d": "3"}
     finally:
         serve.send_signal(signal.SIGTERM)
-        _, stderr = serve.communicate(timeout=60)
-    assert serve.returncode == 0, stderr
-    assert "Traceback" not in stderr
+        serve.wait(timeout=60)
+    output = log.read_text()
+    assert serve.returncode == 0, output
+    assert "Traceback" not in output
+
+
+def _running(*coordinators: Coordinator) -> list[threading.Thread]:
+    runners = [threading.Thread(target=c.run, daemon=True) for c in coordinators]
+    for runner in runners:
+        runner.start()
+    return runners
+
+
+def test_a_coordinator_that_cannot_reach_the_broker_leaves_nothing_running(zoo: Path) -> None:
+    threads, children = set(threading.enumerate()), set(multiprocessing.active_children())
+    coordinator = Coordinator(WorkerSettings(store=zoo / "state" / "models", host="127.0.0.1", port=free_port(),
+                                             worker_id="lonely"), workers=2)
+    with pytest.raises(BrokerConnectError):
+        coordinator.run()
+    assert set(multiprocessing.active_children()) - children == set()  # no worker left behind
+    assert [t.name for t in set(threading.enumerate()) - threads if t.is_alive()] == []  # nor a network loop
+
+
+def test_serve_hosts_on_one_broker_share_the_status_and_one_leaving_keeps_it_healthy(zoo: Path,
+                                                                                      broker: Mosquitto) -> None:
+    a, b = (Coordinator(settings(zoo, broker, worker_id=host), workers=1, status_interval_s=0.2)
+            for host in ("host-a", "host-b"))
+    runners = _running(a, b)
+    try:
+        with client(broker, "watcher") as watcher:
+            statuses = Inbox(watcher)
+            subscribe(watcher, TOPICS.cloud_status)
+            both = _wait_for_status(statuses, lambda doc: doc.get("workers_alive") == 2, timeout=30)
+            assert both["healthy"] and set(both["served"]) == {"host-a-0", "host-b-0"}
+            with client(broker, "late") as late:  # the retained status expires unless refreshed
+                retained = Inbox(late)
+                subscribe(late, TOPICS.cloud_status)
+                msg = retained.get(timeout=10)
+                assert msg.retain and 1 <= msg.properties.MessageExpiryInterval <= math.ceil(3 * 0.2)
+            a.stop()
+            runners[0].join(30)
+            while set((doc := json.loads(statuses.get(timeout=30).payload))["served"]) != {"host-b-0"}:
+                assert doc["healthy"], doc  # host-a's goodbye did not mark the cloud down
+            assert doc["healthy"] and doc["workers_alive"] == 1
+            assert _presence(broker, 2) == {"host-a": b"offline", "host-b": b"online"}
+        b.stop()  # its goodbye may still count host-a's worker, fresh for a moment: the expiry clears it
+        runners[1].join(30)
+        deadline = time.monotonic() + 30
+        while _retained_status(broker) is not None:  # nobody refreshes it: the broker drops it
+            assert time.monotonic() < deadline, "the last cloud status never expired"
+    finally:
+        for coordinator, runner in zip((a, b), runners):
+            coordinator.stop()
+            runner.join(30)
+
+
+def _presence(broker: Mosquitto, coordinators: int) -> dict[str, bytes]:
+    """Coordinator id -> its retained presence, once ``coordinators`` have arrived."""
+    with client(broker, "presence") as c:
+        inbox = Inbox(c)
+        subscribe(c, f"{TOPICS.prefix}/cloud/coordinators/+")
+        found: dict[str, bytes] = {}
+        while len(found) < coordinators:
+            msg = inbox.get(timeout=10)
+            found[msg.topic.rsplit("/", 1)[1]] = bytes(msg.payload)
+        return found
+
+
+def _retained_status(broker: Mosquitto) -> bytes | None:
+    """The retained cloud status a new subscriber gets, if any (it comes right after the SUBACK)."""
+    with client(broker, "late") as c:
+        inbox = Inbox(c)
+        subscribe(c, TOPICS.cloud_status)
+        try:
+            return bytes(inbox.get(timeout=0.5).payload)
+        except queue.Empty:
+            return None
+
+
+def test_a_lone_coordinator_keeps_live_model_metrics_in_the_registry_and_leaves_the_cloud_unhealthy(
+        zoo: Path, broker: Mosquitto, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.db"
+    coordinator = Coordinator(settings(zoo, broker, worker_id="metrics", registry_url=str(registry)), workers=1,
+                              status_interval_s=0.2, metrics_every=2)
+    [runner] = _running(coordinator)
+    try:
+        with client(broker, "watcher") as watcher:
+            statuses = Inbox(watcher)
+            subscribe(watcher, TOPICS.cloud_status)
+            deadline = time.monotonic() + 60
+            while not (record := _cloud_record(registry)) or "latency_ms_b1" not in record.metrics:
+                assert time.monotonic() < deadline, "no live metrics in the registry"
+                time.sleep(0.1)
+            coordinator.stop()
+            runner.join(30)
+            assert not _wait_for_status(statuses, lambda doc: not doc["healthy"])["workers_alive"]  # the only host
+    finally:
+        coordinator.stop()
+        runner.join(30)
+    assert record.state is ModelState.STAGED  # registered so it can hold metrics; serving did not change
+    assert record.metrics["latency_ms_b1"] > 0 and record.metrics["latency_ms_b32"] > 0  # the warm-up runs
+    assert "test_accuracy" in record.metrics  # from its manifest
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cloud_main(["models", "list", "--json", "--registry", str(registry), "--store",
+                           str(zoo / "state" / "models")]) == 0
+    [row] = [r for r in json.loads(out.getvalue()) if r["name"] == "mnist1d-cloud"]
+    assert row["registry_metrics"]["latency_ms_b1"] == record.metrics["latency_ms_b1"]
+
+
+def _cloud_record(registry: Path) -> ModelRecord | None:
+    with open_registry(registry) as opened:
+        return opened.model("mnist1d", "mnist1d-cloud", 1)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from agent.manifest import Manifest
+from agent.manifest import Manifest, ManifestError
 from agent.model_store import ModelStore
 from agent.signing import KeyFileError, SignatureError, load_public_key, verify
+from agent.updates.install import stage
 from cloud.keys import init_keys, load_private_key, sign
 from cloud.registry import ModelState, open_registry
 from cloud.store import publish
@@ -80,3 +82,18 @@ def test_models_publish_signs_a_file_into_the_store_and_stages_it(tmp_path: Path
     assert no_key.returncode == 2 and "keys init" in no_key.stderr and "Traceback" not in no_key.stderr
     missing = cloud("models", "publish", "--task", TASK, "--name", "nope", *common)
     assert missing.returncode == 2 and "no model mnist1d/nope" in missing.stderr
+
+
+@pytest.mark.parametrize("field, value", [("file", "../evil.onnx"), ("file", "/etc/cron.d/evil"),
+                                          ("file", "manifest.json"), ("task", ".."), ("name", "a/b")])
+def test_a_manifest_names_only_plain_path_segments(manifest: Manifest, field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Manifest.model_validate({**manifest.model_dump(mode="json"), field: value})
+
+
+def test_staging_never_writes_outside_its_directory(tmp_path: Path, manifest: Manifest) -> None:
+    data = ModelStore(tmp_path / "store").verified(TASK, NAME, 1).model_path.read_bytes()
+    escaping = manifest.model_copy(update={"file": "../evil.onnx"})  # as if validation had been skipped
+    with pytest.raises(ManifestError, match="not a plain file name"):
+        stage(ModelStore(tmp_path / "agent"), escaping, data)
+    assert not list(tmp_path.rglob("evil.onnx"))

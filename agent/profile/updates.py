@@ -67,6 +67,13 @@ class UpdatesConfig(StrictModel):
     artifact_timeout_s: float = Field(
         60.0, ge=1, le=3600, description="How long to wait for a release's model file."
     )
+    retry_after_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="When a release could not be finished (no model file in time, local queue"
+        " full): seconds until it is tried again.",
+    )
     gate: ShadowGate = Field(
         default_factory=ShadowGate, description="What a new model must show before it serves."
     )

@@ -17,7 +17,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from agent.manifest import MANIFEST_FILE, Manifest, ManifestError, verify_file
+from agent.durable import sync_directory, write_temp
+from agent.manifest import MANIFEST_FILE, Manifest, ManifestError, file_in
 from agent.model_store import ModelStore
 
 STAGING = ".staging"
@@ -28,8 +29,8 @@ def staging_store(store: ModelStore) -> ModelStore:
     return ModelStore(store.root / STAGING)
 
 
-def check_artifact(manifest: Manifest, data: bytes) -> None:
-    """The downloaded bytes are the file the manifest describes (size and sha256)."""
+def _check_artifact(manifest: Manifest, data: bytes) -> None:
+    """The downloaded bytes are the file the manifest describes (size and sha256), before any is written."""
     what = f"model file of {manifest.task}/{manifest.name} v{manifest.version}"
     if len(data) != manifest.size_bytes:
         raise ManifestError(f"{what}: {len(data)} bytes, the signed manifest says {manifest.size_bytes}")
@@ -40,8 +41,12 @@ def check_artifact(manifest: Manifest, data: bytes) -> None:
 
 
 def stage(store: ModelStore, manifest: Manifest, data: bytes) -> Path:
-    """Write the model and its manifest to ``.staging/<task>/<name>/<version>``, durably; returns that path."""
-    check_artifact(manifest, data)
+    """Write the model and its manifest to ``.staging/<task>/<name>/<version>``, durably; returns that path.
+
+    The bytes are checked here, once, while they are in memory; loading from the staging store
+    (``LocalModel.load``) verifies the written file, so nothing is hashed a third time.
+    """
+    _check_artifact(manifest, data)
     parent = staging_store(store).root / manifest.task / manifest.name
     parent.mkdir(parents=True, exist_ok=True)
     target = parent / str(manifest.version)
@@ -49,15 +54,15 @@ def stage(store: ModelStore, manifest: Manifest, data: bytes) -> Path:
         shutil.rmtree(target)
     partial = Path(tempfile.mkdtemp(prefix=f".{manifest.version}-", dir=parent))
     try:
-        _write_durably(partial / manifest.file, data)
-        _write_durably(partial / MANIFEST_FILE, manifest.to_json().encode())
-        _fsync_dir(partial)
+        target_file = file_in(partial, manifest.file)
+        os.replace(write_temp(target_file, data), target_file)
+        os.replace(write_temp(partial / MANIFEST_FILE, manifest.to_json().encode()), partial / MANIFEST_FILE)
+        sync_directory(partial)
         partial.rename(target)
-        _fsync_dir(parent)
+        sync_directory(parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    verify_file(manifest, target / manifest.file)
     return target
 
 
@@ -70,7 +75,7 @@ def promote(store: ModelStore, manifest: Manifest) -> Path:
     if target.exists():
         raise ManifestError(f"{target} already exists; a released version is never overwritten")
     source.rename(target)
-    _fsync_dir(parent)
+    sync_directory(parent)
     return target
 
 
@@ -87,7 +92,7 @@ def retire_newer(store: ModelStore, task: str, name: str, version: int) -> list[
     graveyard.mkdir(parents=True, exist_ok=True)
     for v in retired:
         (store.root / task / name / str(v)).rename(graveyard / f"{task}-{name}-{v}-{uuid.uuid4().hex[:8]}")
-    _fsync_dir(store.root / task / name)
+    sync_directory(store.root / task / name)
     shutil.rmtree(graveyard, ignore_errors=True)
     return retired
 
@@ -97,16 +102,3 @@ def clean_staging(store: ModelStore) -> None:
     shutil.rmtree(staging_store(store).root, ignore_errors=True)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

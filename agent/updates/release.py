@@ -75,8 +75,13 @@ def parse_release(payload: bytes, topic: str) -> Release:
         raise ReleaseError(f"release on {topic}: invalid: {describe(exc)}") from None
 
 
-def check_signatures(release: Release, key: Ed25519PublicKey) -> None:
-    """Both signatures hold: the release (action, targets) and the manifest inside it (the model)."""
+def check_release_signature(release: Release, key: Ed25519PublicKey) -> None:
+    """The release itself (action, targets, time) comes from the key's holder; until then it decides nothing."""
     m = release.manifest
     verify(release, key, f"release of {m.task}/{m.name} v{m.version}")
+
+
+def check_manifest_signature(release: Release, key: Ed25519PublicKey) -> None:
+    """The model the (verified) release names was signed when it was published."""
+    m = release.manifest
     verify(m, key, f"manifest of {m.task}/{m.name} v{m.version}")

@@ -12,13 +12,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agent.batching import QueueFull
+from agent.batching import BatcherClosed, QueueFull
 from agent.profile.updates import ShadowGate
 from agent.protocol import PRIORITY_MIN
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
 
 RESULT_TIMEOUT_S = 30.0
+
+
+class NotJudged(Exception):
+    """The shadow run could not finish (the queue was full, a run timed out, the agent is stopping): no verdict."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def predict(model: LocalModel, x: np.ndarray) -> np.ndarray:
 
 
 def evaluate(old: LocalModel, new: LocalModel, traffic: Traffic, gate: ShadowGate) -> Verdict:
-    """Run both models on ``traffic`` and apply ``gate``."""
+    """Run both models on ``traffic`` and apply ``gate``; NotJudged when live traffic or a stop cut it short."""
     n = len(traffic.labels)
     if n < gate.min_samples or n == 0:
         return Verdict(True, f"not shadow-evaluated: {n} recent labelled samples, the gate needs"
@@ -78,7 +82,11 @@ def evaluate(old: LocalModel, new: LocalModel, traffic: Traffic, gate: ShadowGat
     try:
         old_classes, new_classes = predict(old, traffic.x), predict(new, traffic.x)
     except QueueFull:  # live traffic comes first
-        return Verdict(False, "not evaluated: the local queue was full; the next release retries", n)
+        raise NotJudged("the local queue was full") from None
+    except TimeoutError:
+        raise NotJudged(f"a shadow run took longer than {RESULT_TIMEOUT_S:g} s") from None
+    except BatcherClosed:
+        raise NotJudged("a model closed (the agent is stopping)") from None
     agreement = float((old_classes == new_classes).mean())
     old_accuracy = float((old_classes == traffic.labels).mean())
     new_accuracy = float((new_classes == traffic.labels).mean())

@@ -4,7 +4,9 @@ Releases arrive (retained) on the agent's one MQTT connection; a single worker
 thread handles them, so a swap never races another. Every refusal names its
 reason in the log and in the heartbeat, and the running model keeps serving:
 only a release that is signed, newer (or a signed rollback), intact and
-passes the shadow gate replaces it.
+passes the shadow gate replaces it. A release cut short (the agent stops, the
+model file does not come, the local queue is full) is not a decision: it is
+tried again after ``updates.retry_after_s`` and on the next start.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,8 +31,8 @@ from agent.protocol import Topics
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
 from agent.signing import load_public_key
+from agent.updates.artifact import ArtifactWait
 from agent.updates.install import (
-    check_artifact,
     clean_staging,
     discard,
     promote,
@@ -37,20 +40,22 @@ from agent.updates.install import (
     stage,
     staging_store,
 )
-from agent.updates.outcomes import Outcomes, State
+from agent.updates.outcomes import Outcomes
 from agent.updates.release import (
     Release,
     artifact_topic,
-    check_signatures,
+    check_manifest_signature,
+    check_release_signature,
     parse_release,
     release_topic,
 )
-from agent.updates.shadow import evaluate, recent_traffic
+from agent.updates.shadow import NotJudged, Verdict, evaluate, recent_traffic
 
 log = logging.getLogger(__name__)
 
-#: Test hook: when set to a path, the updater writes it after staging a release and then waits,
-#: so a test can kill the agent between download and rename.
+#: Test hook: when this environment variable is non-empty, the updater pauses after a release is
+#: staged and judged, before it is promoted, until the agent stops; so a test can kill -9 the agent
+#: mid-swap. It only waits: it writes nothing and the pause ends with a stop. Logged when active.
 HOLD_ENV = "FEDGE_TEST_HOLD_BEFORE_PROMOTE"
 OUTCOMES_FILE = "updates.json"
 
@@ -70,28 +75,39 @@ class ModelHost(Protocol):
 
 
 class Refused(Exception):
-    """A release this device will not apply; the message is what the heartbeat and log say."""
+    """A verified release this device will not apply; the message is what the heartbeat and log say."""
+
+
+class Deferred(Exception):
+    """A verified release that could not be finished now (stop, no file, busy); it is tried again."""
 
 
 class Updater:
     """Subscribes to its group's releases for every task that follows the store, and applies them."""
 
-    def __init__(self, host: ModelHost, connection: OffloadClient, state_dir: Path) -> None:
+    def __init__(self, host: ModelHost, state_dir: Path) -> None:
+        """Read the key and the record of past releases; KeyFileError names a bad key file."""
         config = host.profile.updates
         assert config.public_key_file is not None  # the profile schema insists when updates are enabled
         self.host = host
         self.config = config
-        self.connection = connection
         self.key = load_public_key(host.profile.resolve_path(config.public_key_file))
         self.outcomes = Outcomes(state_dir / OUTCOMES_FILE)
+        self.connection: OffloadClient | None = None
+        self._hold = bool(os.environ.get(HOLD_ENV))
         self._pending: dict[str, tuple[str, bytes]] = {}
+        self._retries: dict[str, tuple[float, str, bytes]] = {}
         self._cond = threading.Condition()
+        self._swap_lock = threading.Lock()
         self._stopping = False
-        self._download: Future[bytes] | None = None
+        self._download: ArtifactWait | None = None
         self._topics: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="fedge-updates", daemon=True)
 
-    def start(self) -> Updater:
+    def start(self, connection: OffloadClient) -> Updater:
+        self.connection = connection
+        if self._hold:
+            log.warning("test hook %s is set: releases pause before they are promoted", HOLD_ENV)
         clean_staging(self.host.store)
         for task, spec in self.host.profile.models.items():
             if spec.name is None or spec.version is not None:
@@ -100,19 +116,23 @@ class Updater:
                 continue
             topic = release_topic(self.host.topics, task, self.config.group)
             self._topics.append(topic)
-            self.connection.subscribe(topic, partial(self._on_release, task))
+            connection.subscribe(topic, partial(self._on_release, task))
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """After this returns no model is swapped in: a swap under way has finished, later ones never start."""
         with self._cond:
             self._stopping = True
+            download = self._download
             self._cond.notify_all()
-        download = self._download
         if download is not None:
             download.cancel()
-        for topic in self._topics:
-            self.connection.unsubscribe(topic)
+        with self._swap_lock:
+            pass
+        if self.connection is not None:
+            for topic in self._topics:
+                self.connection.unsubscribe(topic)
         if self._thread.is_alive():
             self._thread.join(10)
 
@@ -122,54 +142,87 @@ class Updater:
             return
         with self._cond:
             self._pending[task] = (msg.topic, bytes(msg.payload))  # only the newest release per task matters
+            self._retries.pop(task, None)
             self._cond.notify()
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
+                while not self._stopping and not self._take_due_retries():
+                    due = min((at for at, _, _ in self._retries.values()), default=None)
+                    self._cond.wait(None if due is None else max(0.0, due - time.monotonic()))
                 if self._stopping:
                     return
                 task, (topic, payload) = self._pending.popitem()
             try:
                 self.apply(task, topic, payload)
-            except Exception as exc:
-                log.exception("release for %s on %s failed", task, topic)
-                self.outcomes.record(task, None, "rejected", f"failed: {exc}", "unknown", None)
+            except Deferred:
+                with self._cond:
+                    if task not in self._pending:  # a newer release that arrived meanwhile wins
+                        self._retries[task] = (time.monotonic() + self.config.retry_after_s, topic, payload)
+            except Exception:  # a bug must not end the thread: later releases still get their turn
+                log.exception("release for %s on %s could not be handled", task, topic)
+
+    def _take_due_retries(self) -> bool:
+        """Move retries whose time has come to the pending releases (lock held); True when work is pending."""
+        now = time.monotonic()
+        for task, (at, topic, payload) in list(self._retries.items()):
+            if at <= now:
+                del self._retries[task]
+                self._pending.setdefault(task, (topic, payload))
+        return bool(self._pending)
 
     # -- one release -----------------------------------------------------------------------
     def apply(self, task: str, topic: str, payload: bytes) -> None:
-        """Check and apply one release message; every outcome is logged and recorded."""
+        """Check and apply one release message; every outcome is logged and recorded. Deferred: try again."""
         try:
             release = parse_release(payload, topic)
-            check_signatures(release, self.key)
-        except ManifestError as exc:
-            self._refuse(task, None, str(exc), "unknown", None)  # unverified: it may not block later releases
+            check_release_signature(release, self.key)
+        except ManifestError as exc:  # not from the cloud's key: it may neither block nor overwrite anything
+            log.warning("ignored a release message for %s that does not verify: %s", task, exc)
+            self.outcomes.unverified(task, str(exc))
             return
         if not release.targets(self.host.device_id, self.config.group):
             log.debug("release on %s is for other devices of group %s", topic, release.group)
             return
-        if self.outcomes.handled(task, release.issued_at):
-            log.debug("release on %s (issued %s) was handled already", topic, release.issued_at)
-            return
         m = release.manifest
+        if self.outcomes.handled(task, release.issued_at):
+            log.info("ignored the release of %s v%s on %s (issued %s): handled already or older than one that was",
+                     task, m.version, topic, release.issued_at)
+            return
         try:
-            spec_name = self.host.profile.models[task].name
-            if (m.task, m.name) != (task, spec_name):
-                raise Refused(f"release on {topic} is for {m.task}/{m.name}, but this device runs {task}/{spec_name}")
-            current = self.host.local_model(task)
-            reason = self._install(task, release, current) if release.action == "install" \
-                else self._rollback(task, release, current)
+            reason = self._apply(task, topic, release)
         except (Refused, ManifestError) as exc:
-            self._refuse(task, m.version, str(exc), release.action, release)
+            log.warning("refused a release for %s: %s", task, exc)
+            self.outcomes.record(task, m.version, "rejected", str(exc), release.action, release.issued_at)
             return
-        if reason is None:  # stopping
-            return
-        self._record(task, m.version, "active", reason, release)
+        except Deferred as exc:
+            self._defer(task, release, str(exc))
+            raise
+        except Exception as exc:
+            log.exception("the release of %s v%s failed; it is tried again", task, m.version)
+            self._defer(task, release, f"failed: {exc}")
+            raise Deferred(str(exc)) from exc
+        self.outcomes.record(task, m.version, "active", reason, release.action, release.issued_at)
         log.info("%s/%s v%s serves now (%s)", task, m.name, m.version, reason)
 
-    def _install(self, task: str, release: Release, current: LocalModel) -> str | None:
+    def _defer(self, task: str, release: Release, reason: str) -> None:
+        if not self._stopping:
+            log.warning("release of %s v%s not finished: %s; tried again in %g s", task,
+                        release.manifest.version, reason, self.config.retry_after_s)
+        self.outcomes.retrying(task, release.manifest.version, reason, release.issued_at)
+
+    def _apply(self, task: str, topic: str, release: Release) -> str:
+        m = release.manifest
+        spec_name = self.host.profile.models[task].name
+        if (m.task, m.name) != (task, spec_name):
+            raise Refused(f"release on {topic} is for {m.task}/{m.name}, but this device runs {task}/{spec_name}")
+        check_manifest_signature(release, self.key)
+        current = self.host.local_model(task)
+        return self._install(task, release, current) if release.action == "install" \
+            else self._rollback(task, release, current)
+
+    def _install(self, task: str, release: Release, current: LocalModel) -> str:
         m = release.manifest
         running = int(current.version)
         if m.version == running:  # e.g. a canary device when the release is promoted to its whole group
@@ -178,60 +231,68 @@ class Updater:
             raise Refused(f"{task}/{m.name} v{m.version} is older than the running v{running}: refused as a"
                           " downgrade (only a signed rollback command goes back)")
         new = self._load_staged(task, m, self._fetch(m), current)
-        verdict = evaluate(current, new, recent_traffic(self.host.samples, task, self.config.gate.max_samples),
-                           self.config.gate)
-        log.info("shadow evaluation of %s/%s v%s: %s %s", task, m.name, m.version, verdict.reason, verdict.numbers())
-        if not verdict.passed:
+        try:
+            verdict = self._judge(task, m, current, new)
+            if not verdict.passed:
+                raise Refused(f"v{m.version} {verdict.reason}; v{running} keeps serving")
+            self._hold_if_asked(task, m)
+            self._swap(task, new, lambda: promote(self.host.store, m))
+        except BaseException:
             new.batcher.close(drain=False)
             discard(self.host.store, m)
-            raise Refused(f"v{m.version} {verdict.reason}; v{running} keeps serving")
-        if not self._hold_if_asked():
-            return None
-        promote(self.host.store, m)
-        self.host.replace_model(task, new)
+            raise
         return verdict.reason
 
-    def _rollback(self, task: str, release: Release, current: LocalModel) -> str | None:
+    def _rollback(self, task: str, release: Release, current: LocalModel) -> str:
         m = release.manifest
         running = int(current.version)
         if m.version > running:
             raise Refused(f"rollback to v{m.version}, but v{running} runs: a rollback only goes back")
         if m.version == running:
             return f"rollback to v{m.version}: already running it"
+        if self.outcomes.unknown(task):
+            raise Refused(f"rollback to v{m.version} refused: the record of handled releases was lost"
+                          f" ({self.outcomes.damaged}), so a replayed old command cannot be told from a new one")
         store = self.host.store
-        local = store.versions(task, m.name)
-        if m.version in local and store.get(task, m.name, m.version).manifest.sha256 == m.sha256:
-            model = self._load(task, m, store, current)
-        else:
-            model = self._load_staged(task, m, self._fetch(m), current)
-            promote(store, m)
-        retired = retire_newer(store, task, m.name, m.version)
-        self.host.replace_model(task, model)
+        local = m.version in store.versions(task, m.name) and \
+            store.get(task, m.name, m.version).manifest.sha256 == m.sha256
+        model = self._load(task, m, store, current) if local else \
+            self._load_staged(task, m, self._fetch(m), current)
+        retired: list[int] = []
+
+        def into_store() -> None:
+            if not local:
+                promote(store, m)
+            retired.extend(retire_newer(store, task, m.name, m.version))
+
+        try:
+            self._swap(task, model, into_store)
+        except BaseException:
+            model.batcher.close(drain=False)
+            if not local:
+                discard(store, m)
+            raise
         return f"rolled back from v{running} by a signed command (removed v{', v'.join(map(str, retired))})"
 
     # -- steps -----------------------------------------------------------------------------
     def _fetch(self, m: Manifest) -> bytes:
-        """The model file from its retained artifact topic, checked against the signed manifest."""
-        topic = artifact_topic(self.host.topics, m.task, m.name, m.version)
-        future: Future[bytes] = Future()
-
-        def on_artifact(msg: mqtt.MQTTMessage) -> None:
-            if msg.payload and future.set_running_or_notify_cancel():
-                future.set_result(bytes(msg.payload))
-
-        self._download = future
-        self.connection.subscribe(topic, on_artifact)
+        """The model file from its retained artifact topic (``stage`` checks it against the manifest)."""
+        assert self.connection is not None
+        wait = ArtifactWait(artifact_topic(self.host.topics, m.task, m.name, m.version))
+        with self._cond:
+            if self._stopping:
+                raise Deferred("the agent is stopping")
+            self._download = wait
+        self.connection.subscribe(wait.topic, wait.deliver)
         try:
-            data = future.result(timeout=self.config.artifact_timeout_s)
-        except FutureTimeout:
-            raise ManifestError(f"no model file on {topic} within {self.config.artifact_timeout_s:g} s") from None
+            return wait.result(timeout=self.config.artifact_timeout_s)
+        except TimeoutError:
+            raise Deferred(f"no model file on {wait.topic} within {self.config.artifact_timeout_s:g} s") from None
         except CancelledError:
-            raise Refused("the agent is stopping") from None
+            raise Deferred("the agent is stopping") from None
         finally:
-            self.connection.unsubscribe(topic)
+            self.connection.unsubscribe(wait.topic)
             self._download = None
-        check_artifact(m, data)
-        return data
 
     def _load_staged(self, task: str, m: Manifest, data: bytes, current: LocalModel) -> LocalModel:
         stage(self.host.store, m, data)
@@ -245,27 +306,38 @@ class Updater:
         spec = self.host.profile.models[task].model_copy(update={"version": m.version})
         return LocalModel.load(task, spec, self.host.profile, store, max_queue_depth=current.batcher.max_queue_depth)
 
-    def _hold_if_asked(self) -> bool:
-        """The test hook (HOLD_ENV): announce the pause and wait until stopped; False means stop now."""
-        marker = os.environ.get(HOLD_ENV)
-        if not marker:
-            return True
-        Path(marker).write_text("staged\n")
+    def _judge(self, task: str, m: Manifest, current: LocalModel, new: LocalModel) -> Verdict:
+        traffic = recent_traffic(self.host.samples, task, self.config.gate.max_samples)
+        try:
+            verdict = evaluate(current, new, traffic, self.config.gate)
+        except NotJudged as exc:
+            raise Deferred(f"v{m.version} not shadow-evaluated: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the new model does on real inputs, it does not serve
+            raise Refused(f"v{m.version} fails on recent traffic: {exc}") from None
+        log.info("shadow evaluation of %s/%s v%s: %s %s", task, m.name, m.version, verdict.reason, verdict.numbers())
+        return verdict
+
+    def _swap(self, task: str, model: LocalModel, into_store: Callable[[], None]) -> None:
+        """Put the new version in the store and in service, unless the agent is stopping (see ``stop``)."""
+        with self._swap_lock:
+            if self._stopping:
+                raise Deferred("the agent is stopping")
+            into_store()
+            self.host.replace_model(task, model)
+
+    def _hold_if_asked(self, task: str, m: Manifest) -> None:
+        """The test hook (HOLD_ENV): wait, writing nothing, until the agent stops."""
+        if not self._hold:
+            return
+        log.warning("test hook %s: holding %s v%s before promoting it, until the agent stops", HOLD_ENV, task,
+                    m.version)
         with self._cond:
             while not self._stopping:
                 self._cond.wait()
-        return False
-
-    def _refuse(self, task: str, version: int | None, reason: str, action: str, release: Release | None) -> None:
-        log.warning("refused a release for %s: %s", task, reason)
-        self._record(task, version, "rejected", reason, release, action)
-
-    def _record(self, task: str, version: int | None, state: State, reason: str, release: Release | None,
-                action: str | None = None) -> None:
-        self.outcomes.record(task, version, state, reason, action or (release.action if release else "unknown"),
-                             release.issued_at if release else None)
 
 
 def heartbeat_fields(profile: Profile, updater: Updater | None) -> dict[str, Any]:
-    """What a heartbeat carries for rollouts: the device's group and each task's last release outcome."""
-    return {"group": profile.updates.group, "updates": updater.outcomes.report() if updater else {}}
+    """What a heartbeat carries for rollouts: the group, each task's last verified release outcome, and notes."""
+    if updater is None:
+        return {"group": profile.updates.group, "updates": {}}
+    return {"group": profile.updates.group, "updates": updater.outcomes.report(), **updater.outcomes.notes()}

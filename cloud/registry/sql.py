@@ -8,13 +8,14 @@ true even if two processes promote at the same moment.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cloud.registry.base import DeviceRecord, ModelEvent, ModelRecord, ModelState, Registry
 from cloud.registry.heartbeat import summarize
@@ -26,6 +27,27 @@ class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def reconnecting(method: Method) -> Method:
+    """Run a registry call; when it failed because the database connection was lost (a database restart,
+    a dropped link), reconnect once and run it again. Every call is one transaction, so the failed one left
+    nothing behind (unless the commit itself was lost, when a repeated heartbeat is kept twice at worst)."""
+
+    @functools.wraps(method)
+    def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not self._lost_connection(exc):
+                raise
+            self._reconnect()
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def schema(id_column: str) -> list[str]:
@@ -64,6 +86,14 @@ class SqlRegistry(Registry):
     def _transaction(self, write: bool) -> AbstractContextManager[Cursor]:
         """A cursor inside one transaction, committed on success and rolled back on error."""
 
+    def _lost_connection(self, exc: Exception) -> bool:
+        """Whether ``exc`` means the connection is gone (so reconnecting may help); a file never goes away."""
+        return False
+
+    def _reconnect(self) -> None:
+        """Replace a lost connection; RegistryUnavailable if the database is still out of reach."""
+        raise NotImplementedError
+
     def _run(self, cur: Cursor, sql: str, params: Sequence[Any] = ()) -> Cursor:
         cur.execute(sql.replace("?", self.placeholder), tuple(params))
         return cur
@@ -74,6 +104,7 @@ class SqlRegistry(Registry):
             yield cur
 
     # -- models ---------------------------------------------------------------------------
+    @reconnecting
     def add_model(self, task: str, name: str, version: int, state: ModelState = ModelState.STAGED,
                   metrics: dict[str, float] | None = None) -> None:
         state = ModelState(state)
@@ -87,6 +118,7 @@ class SqlRegistry(Registry):
             if _rowcount(added):
                 self._event(cur, task, name, version, state, "added", now)
 
+    @reconnecting
     def set_model_state(self, task: str, name: str, version: int, state: ModelState, reason: str = "") -> None:
         state = ModelState(state)
         now = time.time()
@@ -120,6 +152,7 @@ class SqlRegistry(Registry):
         self._run(cur, "INSERT INTO model_events (task, name, version, state, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                   (task, name, version, state.value, reason, at))
 
+    @reconnecting
     def update_model_metrics(self, task: str, name: str, version: int, metrics: dict[str, float]) -> None:
         with self._tx() as cur:
             row = self._run(cur, "SELECT metrics FROM models WHERE task = ? AND name = ? AND version = ?"
@@ -137,12 +170,14 @@ class SqlRegistry(Registry):
     def active(self, task: str) -> list[ModelRecord]:
         return self._model_rows("WHERE task = ? AND state = 'active'", (task,))
 
+    @reconnecting
     def _model_rows(self, where: str, params: Sequence[Any]) -> list[ModelRecord]:
         with self._tx(write=False) as cur:
             rows = self._run(cur, f"SELECT task, name, version, state, metrics, updated_at FROM models {where}"
                              " ORDER BY task, name, version", params).fetchall()
         return [ModelRecord(t, n, v, ModelState(s), json.loads(m), u) for t, n, v, s, m, u in rows]
 
+    @reconnecting
     def model_history(self, task: str, name: str) -> list[ModelEvent]:
         with self._tx(write=False) as cur:
             rows = self._run(cur, "SELECT task, name, version, state, reason, at FROM model_events"
@@ -150,6 +185,7 @@ class SqlRegistry(Registry):
         return [ModelEvent(t, n, v, ModelState(s), r, a) for t, n, v, s, r, a in rows]
 
     # -- devices --------------------------------------------------------------------------
+    @reconnecting
     def record_heartbeat(self, device_id: str, heartbeat: dict[str, Any], received_at: float) -> None:
         s = summarize(heartbeat)
         with self._tx() as cur:
@@ -162,6 +198,7 @@ class SqlRegistry(Registry):
                 SELECT id FROM device_events WHERE device_id = ? AND event = 'heartbeat'
                 ORDER BY id DESC LIMIT 1 OFFSET ?)""", (device_id, device_id, self.heartbeats_kept))
 
+    @reconnecting
     def record_presence(self, device_id: str, online: bool, at: float) -> None:
         with self._tx() as cur:
             row = self._run(cur, "SELECT online FROM devices WHERE device_id = ?" + self.lock_rows,
@@ -181,12 +218,14 @@ class SqlRegistry(Registry):
         self._run(cur, "INSERT INTO device_events (device_id, at, event, data) VALUES (?, ?, ?, ?)",
                   (device_id, at, event, json.dumps(data)))
 
+    @reconnecting
     def devices(self) -> list[DeviceRecord]:
         with self._tx(write=False) as cur:
             rows = self._run(cur, "SELECT device_id, kind, online, models, offload_rate, p99_ms, last_seen, grp"
                              " FROM devices ORDER BY device_id").fetchall()
         return [DeviceRecord(d, k, bool(o), json.loads(m), r, p, s, g) for d, k, o, m, r, p, s, g in rows]
 
+    @reconnecting
     def device_history(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self._tx(write=False) as cur:
             rows = self._run(cur, "SELECT at, event, data FROM device_events WHERE device_id = ?"

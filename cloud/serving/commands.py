@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from agent.manifest import ManifestError
 from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles
 from agent.profile.problems import ProfileError
 from agent.profile.yaml_source import DataPath
+from cloud.broker_options import instance_name
 from cloud.registry.base import RegistryUnavailable
 from cloud.registry.open import default_registry
 from cloud.serving.config import CloudConfig, load_cloud_config, resolve_password
@@ -52,7 +50,9 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         " carrying edge_probs and a fusion weight gets the fused distribution. Workers order requests by priority"
         " then deadline, batch per model, answer 'expired' without running what is late and shed the lowest"
         " priorities with 'overloaded' when full. Settings come from --config (see docs/cloud.example.yaml);"
-        " flags override it. SIGTERM or SIGINT stops everything and marks the cloud unhealthy."
+        " flags override it. Serve hosts sharing a broker each publish the status of all their workers together."
+        " SIGTERM or SIGINT stops everything; the cloud status turns unhealthy unless another serve host's"
+        " workers are still reporting."
         f" Exit codes: {int(ExitCode.INVALID_INPUT)} bad config or flags, {int(ExitCode.UNAVAILABLE)} broker"
         " unreachable or refused.",
     )
@@ -86,12 +86,6 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[DataPath, Any]]:
     return given
 
 
-def instance_id() -> str:
-    """This serve's name on the broker (host and pid): serves on several machines must not share client ids,
-    or the broker would hand one's session to the other."""
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
-
-
 def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[WorkerSettings, str | None, str | None]:
     """Worker settings, and the coordinator's username and password; raises ValueError or ProfileError."""
     b, w = config.broker, config.workers
@@ -106,7 +100,7 @@ def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[Worke
         tls = (tls or TlsFiles()) if address.tls else None
     store = args.store or (config.resolve_path(config.store) if config.store else default_store_root())
     settings = WorkerSettings(
-        store=Path(store), host=host, port=port, worker_id=instance_id(), topic_prefix=b.topic_prefix,
+        store=Path(store), host=host, port=port, worker_id=instance_name(), topic_prefix=b.topic_prefix,
         share_group=w.share_group, max_batch=w.max_batch, max_delay_ms=w.max_delay_ms, max_queue=w.max_queue,
         threads=w.threads, status_interval_s=w.status_interval_s, tls=tls, username=b.username,
         password=resolve_password(b, "broker", config), keepalive_s=b.keepalive_s, registry_url=config.registry or default_registry(),
@@ -148,12 +142,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(exc)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: coordinator.stop())
-    print(f"fedge-cloud serve: {config.workers.count} workers on {template.host}:{template.port}"
-          f" (pids {coordinator.worker_pids})", flush=True)
+    print(f"fedge-cloud serve: starting {config.workers.count} workers on {template.host}:{template.port}",
+          flush=True)
     try:
         coordinator.run()
     except BrokerConnectError as exc:
-        coordinator.stop()
         print(f"fedge-cloud serve: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     return ExitCode.OK

@@ -77,7 +77,7 @@ class CloudBrokerConfig(Credentials):
     tls: TlsConfig | None = Field(None, title="TLS", description="TLS settings (paths relative to the config"
                                   " file); null connects in clear.")
     keepalive_s: int = Field(30, ge=5, le=3600, title="Keepalive (s)", description="MQTT keepalive; the broker"
-                             " publishes the coordinator's unhealthy Last Will after about 1.5 times this.")
+                             " publishes the coordinator's offline Last Will after about 1.5 times this.")
     topic_prefix: Annotated[str, StringConstraints(pattern=TOPIC_PREFIX_PATTERN)] = Field(
         "fedge/v1", title="Topic prefix", description="First topic levels of every fedge topic; the same on all"
         " peers.")

@@ -1,64 +1,96 @@
 """`fedge-cloud serve`: start N worker processes, watch them, and publish the retained cloud status.
 
 Agents read ``{prefix}/cloud/status`` before offloading: healthy with room,
-they offload; overloaded or absent, they answer locally. The coordinator's
-Last Will turns the status unhealthy if it dies; a worker that dies is
-restarted, and its in-flight requests fall back to the agents' local answers.
+they offload; overloaded or absent, they answer locally. Several serve hosts
+may share one broker (more machines in the same share group): each one's
+coordinator folds every fresh worker report it hears, its own workers' and the
+other hosts', into the same whole-cloud status (reports.py), so whichever
+publishes last is right. The status is published with a Message Expiry
+Interval of three status intervals: when no coordinator refreshes it any more,
+the broker drops it and agents see no status, which they treat as "cloud
+unavailable". A coordinator's own liveness is its retained
+``{prefix}/cloud/coordinators/{id}`` (``online``; ``offline`` as its Last
+Will and on a clean stop), so one host going away never marks the cloud down.
 
-It also keeps the device registry: heartbeats and status (with its Last Will)
-of every agent go to the registry named by the settings.
-
-Per task the status carries the queue depth (summed over live workers) and
-p50/p99 of the time requests spend in a worker (the worst live worker's, so
-agents back off when any worker is slow).
+A worker that dies is restarted, and its in-flight requests fall back to the
+agents' local answers. The coordinator also keeps the registry: devices'
+heartbeats and status (cloud.devices) and, every ``metrics_every`` status
+intervals, the served models' live run-time EWMAs per batch size.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
 
+from agent.manifest import ManifestError
+from agent.model_store import ModelStore
 from agent.mqtt_client import connect, new_client
+from agent.offload import OFFLINE, ONLINE
 from agent.protocol import Topics
+from agent.protocol.properties import WireProperties
+from agent.protocol.topics import check_segment
 from cloud.devices import DeviceListener
-from cloud.registry import open_registry
-from cloud.serving.worker import WorkerSettings, check_settings, run_worker
+from cloud.registry import Registry, open_registry
+from cloud.serving.reports import ModelKey, WorkerReports, cloud_status, live_metrics
+from cloud.serving.served import require_served
+from cloud.serving.worker import WorkerSettings, run_worker
 
 log = logging.getLogger(__name__)
-OVERLOADED_AT = 0.8  # share of the total queue capacity in use
+OFFLINE_KEPT_S = 24 * 3600  # how long a stopped instance's retained offline mark stays on the broker
+STATUS_LIFETIMES = 3  # status intervals a status (and a worker's report) stays valid without a refresh
+METRICS_EVERY = 10  # status intervals between writes of live model metrics to the registry
 
 
 class Coordinator:
-    """Owns the worker processes and the retained status."""
+    """Owns the worker processes, the retained status and the registry connection."""
 
     def __init__(self, template: WorkerSettings, workers: int, status_interval_s: float = 1.0, *,
-                 username: str | None = None, password: str | None = None) -> None:
-        """``username``/``password``: the coordinator's own broker user (default: the workers')."""
-        check_settings(template)  # fail here, clearly, not in N processes
+                 username: str | None = None, password: str | None = None, metrics_every: int = METRICS_EVERY) -> None:
+        """Check what would be served and open the registry; workers start in ``run``.
+
+        ``username``/``password``: the coordinator's own broker user (default: the workers').
+        ``template.worker_id`` names this serve instance on the broker (unique per host and process).
+        """
         self.template = template
         self.topics = Topics(template.topic_prefix)
         self.status_interval_s = status_interval_s
+        self.status_expiry_s = math.ceil(STATUS_LIFETIMES * status_interval_s)
+        self.metrics_every = metrics_every
+        self.presence_topic = (f"{self.topics.prefix}/cloud/coordinators/"
+                               f"{check_segment(template.worker_id, 'coordinator id')}")
+        self._count = workers
         self._context = multiprocessing.get_context("spawn")
-        self._workers = [self._spawn(i) for i in range(workers)]
-        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}  # worker id -> (received, report)
+        self._workers: list[Any] = []
+        self._reports = WorkerReports(STATUS_LIFETIMES * max(status_interval_s, template.status_interval_s))
+        self._written: dict[ModelKey, dict[str, float]] = {}  # live metrics last written to the registry
         self._stop = threading.Event()
+        self._registry: Registry | None = None if template.registry_url is None else open_registry(
+            template.registry_url)
+        try:  # fail here, clearly, not in N processes
+            require_served(ModelStore(template.store), self._registry, template.models)
+        except BaseException:
+            self._close_registry()
+            raise
         username, password = (username, password) if username else (template.username, template.password)
         self._client = new_client(f"fedge-coordinator-{template.worker_id}", tls=template.tls, username=username,
                                   password=password)
-        self._devices = None if template.registry_url is None else DeviceListener(
-            open_registry(template.registry_url), template.host, template.port, template.topic_prefix,
-            client_id=f"fedge-devices-{template.worker_id}", tls=template.tls, username=username, password=password)
-        self._client.will_set(self.topics.cloud_status, json.dumps({"healthy": False, "overloaded": True}),
-                              qos=1, retain=True)
+        self._client.will_set(self.presence_topic, OFFLINE, qos=1, retain=True,
+                              properties=_offline_expiry(PacketTypes.WILLMESSAGE))
         self._client.on_message = self._on_report
-        self._client.on_connect = lambda c, *_: c.subscribe(f"{template.topic_prefix}/cloud/workers/+", qos=0)
+        self._client.on_connect = self._on_connect
+        self._devices = None if self._registry is None else DeviceListener(
+            self._registry, template.host, template.port, template.topic_prefix,
+            client_id=f"fedge-devices-{template.worker_id}", tls=template.tls, username=username, password=password)
 
     def _spawn(self, index: int) -> Any:
         settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
@@ -66,75 +98,123 @@ class Coordinator:
         process.start()
         return process
 
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if not reason.is_failure:  # after every (re)connect
+            client.subscribe(f"{self.topics.prefix}/cloud/workers/+", qos=0)
+            client.publish(self.presence_topic, ONLINE, qos=1, retain=True)
+
     def _on_report(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            report = json.loads(msg.payload)
-            self._reports[str(report["worker_id"])] = (time.monotonic(), report)
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored an unreadable worker report on %s", msg.topic)
+            self._reports.add(msg.payload)
+        except ValueError as exc:
+            log.warning("ignored an unreadable worker report on %s: %s", msg.topic, exc)
 
     @property
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._workers]
 
     def status(self) -> dict[str, Any]:
-        """Workers count as alive once they report (so they are subscribed), and while they keep reporting."""
-        fresh_after = time.monotonic() - 3 * max(self.status_interval_s, self.template.status_interval_s)
-        running = {p.name for p in self._workers if p.is_alive()}
-        ready = {w: r for w, (seen, r) in self._reports.items() if w in running and seen >= fresh_after}
-        depth = sum(int(r.get("queue_depth", 0)) for r in ready.values())
-        capacity = max(1, len(ready) * self.template.max_queue)
-        return {"healthy": bool(ready), "overloaded": depth >= OVERLOADED_AT * capacity, "workers_alive": len(ready),
-                "queue_depth": depth, "tasks": task_status(list(ready.values())),
-                "served": {w: r.get("served", 0) for w, (_, r) in self._reports.items()}, "sent_at": time.time()}
+        """The cloud status from every fresh worker report: this host's workers once they report (so they are
+        subscribed) and while they run, and other serve hosts' workers while they keep reporting."""
+        gone = {p.name for p in self._workers if not p.is_alive()}  # a killed worker's last report is still fresh
+        return cloud_status(self._reports.fresh(exclude=gone), self.template.max_queue)
 
     def run(self) -> None:
-        """Publish status every interval, restarting workers that died, until ``stop``."""
-        connect(self._client, self.template.host, self.template.port, keepalive=self.template.keepalive_s)
-        if self._devices is not None:
-            self._devices.start()
-        while True:
-            for i, process in enumerate(self._workers):
-                if not process.is_alive() and not self._stop.is_set():
-                    log.warning("worker %s exited with %s; starting a new one", process.name, process.exitcode)
-                    self._workers[i] = self._spawn(i)
-            self._client.publish(self.topics.cloud_status, json.dumps(self.status()), qos=1, retain=True)
-            if self._stop.wait(self.status_interval_s):
-                break
-        for process in self._workers:
-            process.terminate()
-        for process in self._workers:
-            process.join(10)
-        down = json.dumps({"healthy": False, "overloaded": True, "workers_alive": 0, "sent_at": time.time()})
-        self._client.publish(self.topics.cloud_status, down, qos=1, retain=True).wait_for_publish(5)
-        self._client.disconnect()
-        self._client.loop_stop()
-        if self._devices is not None:
-            self._devices.stop()
-            self._devices.registry.close()
+        """Start the workers, then publish the status every interval, restarting workers that die, until ``stop``.
+
+        Whatever happens (the broker refusing us, a signal, a bug), everything started is stopped again.
+        """
+        try:
+            connect(self._client, self.template.host, self.template.port, keepalive=self.template.keepalive_s)
+            if self._devices is not None:
+                self._devices.start()
+            self._workers = [self._spawn(i) for i in range(self._count)]
+            log.info("started %d workers (pids %s)", self._count, self.worker_pids)
+            intervals = 0
+            while True:
+                for i, process in enumerate(self._workers):
+                    if not process.is_alive() and not self._stop.is_set():
+                        log.warning("worker %s exited with %s; starting a new one", process.name, process.exitcode)
+                        self._workers[i] = self._spawn(i)
+                self._publish_status(self.status())
+                intervals += 1
+                if intervals % self.metrics_every == 0:
+                    self._write_metrics()
+                if self._stop.wait(self.status_interval_s):
+                    break
+        finally:
+            self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _publish_status(self, doc: dict[str, Any]) -> mqtt.MQTTMessageInfo:
+        props = WireProperties.publish(content_type="application/json")
+        props.set("MessageExpiryInterval", self.status_expiry_s)
+        return self._client.publish(self.topics.cloud_status, json.dumps(doc), qos=1, retain=True, properties=props)
 
-def task_status(reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per task: queue depth summed over workers, the worst worker's p50/p99, and decisions summed."""
-    tasks: dict[str, dict[str, Any]] = {}
-    for report in reports:
+    def _write_metrics(self) -> None:
+        """Each served model version's live run-time EWMAs into the registry, when they changed."""
+        if self._registry is None:
+            return
+        for (task, name, version), metrics in live_metrics(self._reports.fresh()).items():
+            if self._written.get((task, name, version)) == metrics:
+                continue
+            try:
+                if self._registry.model(task, name, version) is None:  # served from the store, not yet registered
+                    self._registry.add_model(task, name, version, metrics=self._manifest_metrics(task, name, version))
+                self._registry.update_model_metrics(task, name, version, metrics)
+                self._written[(task, name, version)] = metrics
+            except Exception:  # a registry outage must not stop the status; the next round tries again
+                log.exception("could not write the live metrics of %s/%s v%s", task, name, version)
+
+    def _manifest_metrics(self, task: str, name: str, version: int) -> dict[str, float]:
+        """The metrics the model was published with (another host may serve a version this store lacks)."""
         try:
-            for task, doc in (report.get("tasks") or {}).items():
-                _fold(tasks.setdefault(task, {"queue_depth": 0, "p50_ms": None, "p99_ms": None, "decisions": {}}), doc)
-        except (AttributeError, TypeError, ValueError):
-            log.warning("ignored the unreadable task section of worker %s's report", report.get("worker_id"))
-    return tasks
+            return dict(ModelStore(self.template.store).get(task, name, version).manifest.metrics)
+        except (LookupError, ManifestError, OSError):
+            return {}
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        """Ordered cleanup; every step runs even when one before it fails."""
+        steps: list[Callable[[], None]] = [self._stop_workers, self._say_goodbye, self._disconnect]
+        if self._devices is not None:
+            steps.append(self._devices.stop)
+        steps.append(self._close_registry)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("stopping the coordinator: %s failed", step.__name__)
+
+    def _stop_workers(self) -> None:
+        for process in self._workers:
+            process.terminate()
+        for process in self._workers:
+            process.join(10)
+
+    def _say_goodbye(self) -> None:
+        """Mark this coordinator offline; the status left behind counts only other hosts' workers, so it says
+        unhealthy only when no other host's workers are fresh."""
+        if not self._client.is_connected():
+            return
+        self._client.publish(self.presence_topic, OFFLINE, qos=1, retain=True,
+                             properties=_offline_expiry(PacketTypes.PUBLISH)).wait_for_publish(5)
+        self._publish_status(self.status()).wait_for_publish(5)
+
+    def _disconnect(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _close_registry(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
 
 
-def _fold(into: dict[str, Any], doc: dict[str, Any]) -> None:
-    into["queue_depth"] += int(doc.get("queue_depth") or 0)
-    for key in ("p50_ms", "p99_ms"):
-        if doc.get(key) is not None:
-            into[key] = max(float(doc[key]), into[key] or 0.0)
-    for model, reasons in (doc.get("decisions") or {}).items():
-        counts = into["decisions"].setdefault(model, {})
-        for reason, n in reasons.items():
-            counts[reason] = counts.get(reason, 0) + int(n)
+def _offline_expiry(packet_type: int) -> WireProperties:
+    """An instance's retained ``offline`` mark expires after a day: instance ids are host-pid, so
+    without an expiry every restart would leave one more on the broker forever."""
+    props = WireProperties(packet_type)
+    props.set("MessageExpiryInterval", OFFLINE_KEPT_S)
+    return props

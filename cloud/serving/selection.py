@@ -1,7 +1,8 @@
 """Which of a task's models answers a request: named, or the most accurate that fits the deadline.
 
-Expected latency of a model = the time to drain the queue ahead (every queued
-job's model, in batches) + its own run time at the batch it would likely join.
+Expected latency of a model = the time to drain the other models' queued jobs
++ the time to run this model's queued jobs with the request added to them (it
+joins their last batch, or starts a new one when that batch is full).
 Among models whose expected latency fits the request's remaining time, the
 most accurate wins; when none fits, the fastest, since a late cloud answer is
 worth less than a quick, slightly less accurate one.
@@ -9,7 +10,6 @@ worth less than a quick, slightly less accurate one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -36,14 +36,15 @@ class Choice:
     expected_ms: float
 
 
+def drain_ms(model: ServedModel, jobs: int, max_batch: int) -> float:
+    """Time for ``model`` to run ``jobs`` queued jobs: full batches, then the rest."""
+    full, rest = divmod(jobs, max_batch)
+    return full * model.latency.expected(max_batch) + (model.latency.expected(rest) if rest else 0.0)
+
+
 def queue_wait_ms(models: Sequence[ServedModel], queued: Mapping[str, int], max_batch: int) -> float:
-    """Time to run what is queued, in full batches per model."""
-    wait = 0.0
-    for model in models:
-        n = queued.get(model.name, 0)
-        if n:
-            wait += math.ceil(n / max_batch) * model.latency.expected(min(n, max_batch))
-    return wait
+    """Time to run what is queued, per model in batches of at most ``max_batch``."""
+    return sum(drain_ms(model, queued.get(model.name, 0), max_batch) for model in models)
 
 
 def choose(models: Sequence[ServedModel], named: str | None, remaining_ms: float, queued: Mapping[str, int],
@@ -55,8 +56,9 @@ def choose(models: Sequence[ServedModel], named: str | None, remaining_ms: float
     """
     wait = queue_wait_ms(all_models if all_models is not None else models, queued, max_batch)
 
-    def expected(model: ServedModel) -> float:
-        return wait + model.latency.expected(min(queued.get(model.name, 0) + 1, max_batch))
+    def expected(model: ServedModel) -> float:  # the request joins this model's queued jobs: counted once
+        ahead = queued.get(model.name, 0)
+        return wait - drain_ms(model, ahead, max_batch) + drain_ms(model, ahead + 1, max_batch)
 
     if named is not None:  # the full name, or the part after "<task>-" ("cloud-small" for mnist1d-cloud-small)
         for model in models:

@@ -4,8 +4,10 @@ A task may have several cloud models (``<task>-cloud``, ``<task>-cloud-small``,
 ...): requests then pick among them by accuracy and expected latency. Which
 versions are served is decided in one place, ``served_models``: the newest
 verified version of each ``<task>-cloud*`` name in the store, or, for a task
-the registry has active versions of, exactly those (so a fresh registry serves
-what the store holds, and promote/rollback decide from then on).
+the registry has active cloud versions of, exactly those (so a fresh registry
+serves what the store holds, and promote/rollback decide from then on). The
+registry also holds the edge models a rollout made active; those are never
+served here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from agent.session import open_session
 from cloud.serving.latency import LatencyEwma
 
 log = logging.getLogger(__name__)
-ACCURACY_KEYS = ("accuracy", "test_accuracy")  # labelled-feedback accuracy first, then the zoo's test accuracy
+# "accuracy" is reserved for accuracy on labelled feedback, preferred once something measures it (nothing does
+# yet); until then every model ranks by the zoo's "test_accuracy" from its manifest.
+ACCURACY_KEYS = ("accuracy", "test_accuracy")
 
 
 class ActiveVersions(Protocol):
@@ -53,17 +57,17 @@ def served_models(store: ModelStore, registry: ActiveVersions | None = None,
                   only: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[StoredModel]]:
     """Task -> the verified versions to serve.
 
-    A task with active versions in the registry: exactly those (the ones that verify).
-    Otherwise: the newest verified version of each ``<task>-cloud*`` name.
+    A task with active versions of its cloud models (``<task>-cloud*``, or the names ``only`` gives) in the
+    registry: exactly those (the ones that verify). Otherwise: the newest verified version of each such name.
     ``only`` (task -> names, from the serve config) narrows either to the names given.
     """
     served: dict[str, list[StoredModel]] = {}
     for task in sorted(set(store.tasks()) | set(only or {})):
         if only is not None and task not in only:
             continue
-        active = list(registry.active(task)) if registry is not None else []
+        names = list(only[task]) if only is not None else cloud_names(store, task)
+        active = [r for r in registry.active(task) if r.name in names] if registry is not None else []
         if not active:
-            names = list(only[task]) if only is not None else cloud_names(store, task)
             missing = [name for name in names if not store.versions(task, name)]
             if missing:
                 raise LookupError(f"models.{task}: {', '.join(missing)} not in the store {store.root}; it holds "
@@ -72,8 +76,6 @@ def served_models(store: ModelStore, registry: ActiveVersions | None = None,
         else:
             found = []
             for record in active:
-                if only is not None and record.name not in only[task]:
-                    continue
                 try:
                     found.append(store.verified(task, record.name, int(record.version)))
                 except ManifestError as exc:

@@ -50,9 +50,10 @@ class WorkerStats:
                     found.setdefault(model, {})[reason] = n
             return found
 
-    def report(self, worker_id: str, models: dict[str, list[ServedModel]],
-               depths: Counter[tuple[str, str]]) -> dict[str, Any]:
-        """The status report: totals, then per task its queue depth, p50/p99, models and decisions."""
+    def report(self, worker_id: str, models: dict[str, list[ServedModel]], depths: Counter[tuple[str, str]],
+               max_queue: int) -> dict[str, Any]:
+        """The status report: totals and queue capacity, then per task its queue depth, p50/p99, models (with
+        their run-time EWMAs) and decisions."""
         tasks = {}
         for task, served in models.items():
             window = self._latency.get(task)
@@ -63,6 +64,7 @@ class WorkerStats:
                 "models": {m.name: m.describe() for m in served},
                 "decisions": self.decisions(task),
             }
-        return {"worker_id": worker_id, "queue_depth": sum(depths.values()), "served": self.served,
+        return {"worker_id": worker_id, "queue_depth": sum(depths.values()), "max_queue": max_queue,
+                "served": self.served,
                 "expired": self.expired, "shed": self.shed, "errors": self.errors, "tasks": tasks,
                 "sent_at": time.time()}

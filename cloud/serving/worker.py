@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
 from agent.confidence import fuse
-from agent.model_store import ModelStore, StoredModel
+from agent.model_store import ModelStore
 from agent.mqtt_client import TlsFiles, connect, new_client
 from agent.protocol import (
     BodyKind,
@@ -45,7 +45,7 @@ from agent.protocol import (
 )
 from cloud.serving.scheduler import Job, JobQueue
 from cloud.serving.selection import UnknownModel, choose
-from cloud.serving.served import ActiveVersions, ServedModel, load_served, require_served
+from cloud.serving.served import ActiveVersions, ServedModel, load_served
 from cloud.serving.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,6 @@ def registry_at(url: str | None) -> Iterator[ActiveVersions | None]:
 
     with open_registry(url) as registry:
         yield registry
-
-
-def check_settings(settings: WorkerSettings) -> dict[str, list[StoredModel]]:
-    """What ``settings`` would serve, verified but not loaded: a coordinator fails early and clearly with it."""
-    with registry_at(settings.registry_url) as registry:
-        return require_served(ModelStore(settings.store), registry, settings.models)
 
 
 def load_settings_models(settings: WorkerSettings) -> dict[str, list[ServedModel]]:
@@ -138,19 +132,35 @@ class Worker:
         return f"{self.settings.topic_prefix}/cloud/workers/{self.settings.worker_id}"
 
     def status(self) -> dict[str, Any]:
-        return self.stats.report(self.settings.worker_id, self.models, self.queue.depths())
+        return self.stats.report(self.settings.worker_id, self.models, self.queue.depths(), self.queue.max_depth)
 
     # -- receiving (network thread) -----------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        task = self.topics.task_of(msg.topic) or ""
-        target = (reply_topic(msg.properties, self.topics.default_reply(task)), msg.properties)
+        """Answer or queue one request. Nothing may escape: paho re-raises a callback's exception, and its
+        network thread would die silently (no replies, nothing received, and nobody notices)."""
+        target: tuple[str, Properties | None] | None = None
+        request: InferRequest | None = None
         try:
-            request = decode_request(task, msg.payload, msg.properties)
-            model = self._choose(request)
-        except ProtocolError as exc:
+            task = self.topics.task_of(msg.topic) or ""
+            target = (reply_topic(msg.properties, self.topics.default_reply(task)), msg.properties)
+            try:
+                request = decode_request(task, msg.payload, msg.properties)
+                model = self._choose(request)
+            except ProtocolError as exc:
+                self.stats.count("errors")
+                self._answer(ErrorReply(exc.code, exc.message, request.request_id if request else ""),
+                             body_kind(msg.properties), target)
+                return
+            self._queue(request, model, target)
+        except Exception as exc:
+            log.exception("failed on a request on %s; answering it with an internal error", msg.topic)
             self.stats.count("errors")
-            self._answer(ErrorReply(exc.code, exc.message), body_kind(msg.properties), target)
-            return
+            if target is not None:
+                self._answer_safely(ErrorReply(ErrorCode.INTERNAL, f"the worker failed on this request: {exc}",
+                                               request.request_id if request else ""),
+                                    request.kind if request else body_kind(msg.properties), target)
+
+    def _queue(self, request: InferRequest, model: str, target: tuple[str, Properties | None]) -> None:
         shed = self.queue.put(request, time.monotonic() + self._timeout_s(request), target, model=model)
         if shed is not None:
             self.stats.count("shed")
@@ -167,6 +177,7 @@ class Worker:
         if not served:
             raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"no cloud model for task {request.task!r}; served: "
                                 f"{', '.join(sorted(self.models))}")
+        check_input(request)
         check_fusion(request)
         queued = {model: n for (_, model), n in self.queue.depths().items()}
         try:
@@ -179,13 +190,14 @@ class Worker:
 
     # -- running (batch thread) ---------------------------------------------------------------
     def _run_batches(self) -> None:
+        """Run batches until the queue closes; a failure fails the jobs it touched, never the thread."""
         s = self.settings
         while (taken := self.queue.take(s.max_batch, s.max_delay_ms / 1000)) is not None:
             batch, expired = taken
             for job in expired:
                 self.stats.count("expired")
-                self._answer(ErrorReply(ErrorCode.EXPIRED, "the deadline passed before a worker could run it; not run",
-                                        job.request.request_id), job.request.kind, job.reply_to)
+                self._answer_safely(ErrorReply(ErrorCode.EXPIRED, "the deadline passed before a worker could run it;"
+                                               " not run", job.request.request_id), job.request.kind, job.reply_to)
             if batch:
                 self._run(batch)
 
@@ -197,16 +209,23 @@ class Worker:
             probs = model.run(x)
         except Exception as exc:  # a bad batch fails its own requests, never the worker
             for job in batch:
-                self.stats.count("errors")
-                self._answer(ErrorReply(ErrorCode.INTERNAL, f"model run failed: {exc}", job.request.request_id),
-                             job.request.kind, job.reply_to)
+                self._fail(job, f"model run failed: {exc}")
             return
         finished = time.monotonic()
         offset = 0
         for job in batch:
             rows = len(job.request.tensor)
-            self._reply(job, model, probs[offset:offset + rows], started, finished)
+            try:
+                self._reply(job, model, probs[offset:offset + rows], started, finished)
+            except Exception as exc:  # one job's failure must not drop the rest of the batch
+                log.exception("failed to answer request %s", job.request.request_id)
+                self._fail(job, f"answering failed: {exc}")
             offset += rows
+
+    def _fail(self, job: Job, message: str) -> None:
+        self.stats.count("errors")
+        self._answer_safely(ErrorReply(ErrorCode.INTERNAL, message, job.request.request_id), job.request.kind,
+                            job.reply_to)
 
     def _reply(self, job: Job, model: ServedModel, probs: np.ndarray, started: float, finished: float) -> None:
         request = job.request
@@ -230,6 +249,20 @@ class Worker:
         topic, request_props = target
         payload, props = encode_reply(reply, kind, request_props)
         self._client.publish(topic, payload, qos=1, properties=props)
+
+    def _answer_safely(self, reply: ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
+        """``_answer`` where a failure is logged, not raised: the last resort of the error paths."""
+        try:
+            self._answer(reply, kind, target)
+        except Exception:
+            log.exception("could not send a %s error reply to %s", reply.code.value, target[0])
+
+
+def check_input(request: InferRequest) -> None:
+    """The model input has a batch dimension (rows), so it can join a batch and be answered row by row."""
+    if request.tensor.ndim < 1:
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"the input {next(iter(request.inputs))!r} is a scalar; send it with a"
+                            " batch dimension, e.g. shape [1, ...]")
 
 
 def check_fusion(request: InferRequest) -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agent.command_line import print_help_of
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
@@ -81,24 +82,15 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
     listing = actions.add_parser("list", help="list every model version in the store",
                                  description="List task, name, version, path and key metrics of every model, and"
-                                 " its state (staged, canary, active, retired) when a registry exists.")
+                                 " when a registry exists its state (staged, canary, active, retired) and the"
+                                 " run time at batch 1 that serving measured (b1 ms; --json has every batch size).")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     add_store_option(listing)
     add_registry_option(listing)
     listing.set_defaults(run=run_models_list)
     for add_action in more_actions:
         add_action(actions)
-    parser.set_defaults(run=_help_of(parser))
-
-
-def _help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """A run function for a command given without its action: its own help, exit 2."""
-
-    def run(_args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return ExitCode.INVALID_INPUT
-
-    return run
+    parser.set_defaults(run=print_help_of(parser))
 
 
 def _row(stored: StoredModel) -> dict[str, object]:
@@ -134,6 +126,7 @@ def run_models_list(args: argparse.Namespace) -> int:
         for r in rows:
             record = states.get((r["task"], r["name"], r["version"]))  # type: ignore[arg-type]
             r["state"] = record.state.value if record else None
+            r["registry_metrics"] = record.metrics if record else {}  # incl. the cloud's live latency_ms_b<n>
     for problem in problems:
         print(f"fedge-cloud models list: {problem}", file=sys.stderr)
     if args.json:
@@ -141,11 +134,12 @@ def run_models_list(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"the store {store.root} holds no models yet; try: fedge-cloud train --task mnist1d --model edge")
     else:
-        state_head = "" if states is None else f"{'state':<8} "
+        state_head = "" if states is None else f"{'state':<8} {'b1 ms':>7} "
         print(f"{'task':<9} {'name':<22} {'ver':>3} {state_head}{'accuracy':>8} {'KiB':>7}  path")
         for r in rows:
             accuracy = r["metrics"].get("test_accuracy")  # type: ignore[union-attr]
             shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "-"
-            state = "" if states is None else f"{r['state'] or '-':<8} "
+            live = r.get("registry_metrics", {}).get("latency_ms_b1")  # type: ignore[attr-defined]
+            state = "" if states is None else f"{r['state'] or '-':<8} {'-' if live is None else f'{live:.2f}':>7} "
             print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {state}{shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
     return ExitCode.INVALID_INPUT if problems else ExitCode.OK
