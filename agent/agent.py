@@ -17,12 +17,13 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse
+from agent.feedback import FeedbackTally
 from agent.http_api import ApiServer
 from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
@@ -45,7 +46,9 @@ from agent.protocol import (
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
-from agent.updates import Updater, heartbeat_fields
+
+if TYPE_CHECKING:
+    from agent.updates import Updater
 
 log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_MS = 1000.0
@@ -82,10 +85,11 @@ class Agent:
         self.api: ApiServer | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
-        self.updater: Updater | None = None
+        self.updater: Updater | None = None  # set in start() when the profile follows releases
         self._ready = False
         self._state_dir = state_dir
         self._started_at = time.monotonic()
+        self.answers = FeedbackTally()  # recent answers, so feedback can be judged per model version
 
     @staticmethod
     def broker_settings(profile: Profile) -> BrokerSettings:
@@ -129,6 +133,8 @@ class Agent:
                 deadline_ms=policy.default_deadline_ms if policy else DEFAULT_DEADLINE_MS,
             )
         if p.updates.enabled:  # the release key is checked before anything connects
+            from agent.updates import Updater  # signature checks load cryptography: only where updates are on
+
             self.updater = Updater(self, self._state_dir)
         samples = p.storage.samples
         self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
@@ -201,6 +207,7 @@ class Agent:
             self.metrics.errors.labels(request.task, exc.code.value).inc()
             raise
         self._count(request.task, reply, started)
+        self.answers.answered(request.task, reply)
         return reply
 
     def _serve(self, task: _Task, request: InferRequest, started: float) -> InferReply:
@@ -324,7 +331,10 @@ class Agent:
         }
 
     def feedback(self, request_id: str, label: int) -> bool:
-        return self.samples is not None and self.samples.feedback(request_id, label)
+        """Label an answer: kept as a training label if its sample is stored, counted if it is recent."""
+        kept = self.samples is not None and self.samples.feedback(request_id, label)
+        counted = self.answers.feedback(request_id, label)
+        return kept or counted
 
     def metrics_text(self) -> tuple[bytes, str]:
         for name, task in self._tasks.items():
@@ -349,7 +359,9 @@ class Agent:
             "rss_mb": rss_mb(os.getpid()),
             "uptime_s": time.monotonic() - self._started_at,
             "sent_at": time.time(),
-            **heartbeat_fields(self.profile, self.updater),
+            "group": self.profile.updates.group,
+            "feedback": self.answers.heartbeat(),
+            **(self.updater.heartbeat() if self.updater is not None else {"updates": {}}),
         }
 
     def _heartbeat_loop(self) -> None:

@@ -140,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, 'feedback body must be {"id": "<request id>", "label": <int>}')
             return
         if not self.server.service.feedback(request_id, label):
-            self._error(HTTPStatus.NOT_FOUND, f"no stored sample for request {request_id!r} (evicted, or never kept)")
+            self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer for request {request_id!r} (evicted, or never kept)")
             return
         self._json(HTTPStatus.OK, {"id": request_id, "label": label})
 

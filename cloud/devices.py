@@ -2,8 +2,10 @@
 
 Agents publish ``{prefix}/device/{id}/heartbeat`` (JSON) and a retained
 ``{prefix}/device/{id}/status`` (``online``, and ``offline`` as their Last
-Will), so the broker tells us when a device dies without a goodbye. A bad
-message is logged and dropped; the listener keeps going. Run it inside the
+Will), so the broker tells us when a device dies without a goodbye. A
+heartbeat's labelled-feedback counts become the model versions' feedback
+accuracy (cloud/feedback.py). A bad message, or a bad feedback section of a
+good heartbeat, is logged and dropped; the listener keeps going. Run it inside the
 coordinator or alone (``python -m cloud.devices --broker ... --registry ...``).
 """
 
@@ -31,6 +33,7 @@ from agent.mqtt_client import (
 from agent.offload import OFFLINE, ONLINE
 from agent.protocol import DEFAULT_PREFIX, Topics
 from cloud.broker_options import add_broker_options, broker_connection, client_id
+from cloud.feedback import record_feedback
 from cloud.registry import Registry, RegistryUnavailable
 from cloud.registry.open import add_registry_option, open_registry
 
@@ -85,8 +88,16 @@ class DeviceListener:
             self.registry.record_heartbeat(device_id, heartbeat, self.clock())
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
             log.warning("ignored a heartbeat from %s: %s", device_id, exc)
+            return
         except Exception:  # a registry outage must not kill paho's thread; each later call reconnects until it is back
             log.exception("could not record a heartbeat from %s", device_id)
+            return
+        try:
+            record_feedback(self.registry, device_id, heartbeat)
+        except ValueError as exc:
+            log.warning("ignored the feedback in a heartbeat from %s: %s", device_id, exc)
+        except Exception:
+            log.exception("could not record the feedback in a heartbeat from %s", device_id)
 
     def _on_status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         device_id = self._device_of(msg.topic)

@@ -136,6 +136,10 @@ class Updater:
         if self._thread.is_alive():
             self._thread.join(10)
 
+    def heartbeat(self) -> dict[str, Any]:
+        """What a heartbeat carries for rollouts: each task's last verified release outcome, and notes."""
+        return {"updates": self.outcomes.report(), **self.outcomes.notes()}
+
     # -- intake (network thread) -----------------------------------------------------------
     def _on_release(self, task: str, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:  # the cloud cleared its retained release
@@ -334,10 +338,3 @@ class Updater:
         with self._cond:
             while not self._stopping:
                 self._cond.wait()
-
-
-def heartbeat_fields(profile: Profile, updater: Updater | None) -> dict[str, Any]:
-    """What a heartbeat carries for rollouts: the group, each task's last verified release outcome, and notes."""
-    if updater is None:
-        return {"group": profile.updates.group, "updates": {}}
-    return {"group": profile.updates.group, "updates": updater.outcomes.report(), **updater.outcomes.notes()}

@@ -109,6 +109,16 @@ class Registry(ABC):
         """Mark a device online or offline (status topic, Last Will); history keeps changes only."""
 
     @abstractmethod
+    def record_feedback(self, device_id: str, session: str, counts: dict[tuple[str, str, int], tuple[int, int]]
+                        ) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """Keep a device's cumulative labelled-answer counts of one agent session (cloud/feedback.py).
+
+        ``counts``: (task, name, version) -> (n, correct). A count that is not larger than the one kept
+        (a repeated or late heartbeat) changes nothing. Returns, for each version whose count changed,
+        its (n, correct) summed over every device and session.
+        """
+
+    @abstractmethod
     def devices(self) -> list[DeviceRecord]:
         """Every known device, ordered by id."""
 

@@ -69,6 +69,11 @@ def schema(id_column: str) -> list[str]:
             id {id_column}, device_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, event TEXT NOT NULL,
             data TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS device_events_by_device ON device_events (device_id, id)",
+        """CREATE TABLE IF NOT EXISTS feedback_counts (
+            device_id TEXT NOT NULL, session TEXT NOT NULL, task TEXT NOT NULL, name TEXT NOT NULL,
+            version INTEGER NOT NULL, n INTEGER NOT NULL, correct INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device_id, session, task, name, version))""",
+        "CREATE INDEX IF NOT EXISTS feedback_counts_by_version ON feedback_counts (task, name, version)",
     ]
 
 
@@ -213,6 +218,25 @@ class SqlRegistry(Registry):
                           " THEN ? ELSE last_seen END WHERE device_id = ?",
                           (int(online), int(online), at, at, device_id))
             self._device_event(cur, device_id, at, "online" if online else "offline", {})
+
+    @reconnecting
+    def record_feedback(self, device_id: str, session: str, counts: dict[tuple[str, str, int], tuple[int, int]]
+                        ) -> dict[tuple[str, str, int], tuple[int, int]]:
+        now, changed = time.time(), []
+        with self._tx() as cur:
+            for (task, name, version), (n, correct) in counts.items():
+                kept = self._run(cur, """INSERT INTO feedback_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (device_id, session, task, name, version) DO UPDATE SET
+                    n = excluded.n, correct = excluded.correct, at = excluded.at WHERE excluded.n > feedback_counts.n""",
+                                 (device_id, session, task, name, version, n, correct, now))
+                if _rowcount(kept):
+                    changed.append((task, name, version))
+            totals: dict[tuple[str, str, int], tuple[int, int]] = {}
+            for key in changed:
+                row = self._run(cur, "SELECT SUM(n), SUM(correct) FROM feedback_counts"
+                                " WHERE task = ? AND name = ? AND version = ?", key).fetchone()
+                totals[key] = (int(row[0]), int(row[1]))
+        return totals
 
     def _device_event(self, cur: Cursor, device_id: str, at: float, event: str, data: dict[str, Any]) -> None:
         self._run(cur, "INSERT INTO device_events (device_id, at, event, data) VALUES (?, ?, ?, ?)",

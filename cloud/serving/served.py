@@ -24,12 +24,16 @@ from agent.confidence import softmax
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
+from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.serving.latency import LatencyEwma
 
 log = logging.getLogger(__name__)
-# "accuracy" is reserved for accuracy on labelled feedback, preferred once something measures it (nothing does
-# yet); until then every model ranks by the zoo's "test_accuracy" from its manifest.
-ACCURACY_KEYS = ("accuracy", "test_accuracy")
+# A model ranks by its accuracy on the fleet's labelled feedback (the registry's "feedback_accuracy", written by
+# cloud/feedback.py) once at least FEEDBACK_MIN_N answers were labelled, since that is the traffic it serves;
+# until then (fewer labels are too noisy to rank by) by the zoo's "test_accuracy" from its manifest. Read when a
+# worker loads its models.
+FEEDBACK_MIN_N = 50
+ACCURACY_KEYS = ("test_accuracy",)
 
 
 class ActiveVersions(Protocol):
@@ -37,6 +41,9 @@ class ActiveVersions(Protocol):
 
     def active(self, task: str) -> Sequence[Any]:
         """Records with ``.name``, ``.version`` and ``.metrics`` of the task's active versions."""
+
+    def model(self, task: str, name: str, version: int) -> Any | None:
+        """One version's record (with ``.metrics``), or None."""
 
 
 def cloud_names(store: ModelStore, task: str) -> list[str]:
@@ -110,12 +117,18 @@ class ServedModel:
         return {"version": self.version, "accuracy": self.accuracy, "latency_ms": self.latency.snapshot()}
 
 
-def accuracy_of(metrics: Mapping[str, float]) -> float | None:
+def accuracy_of(metrics: Mapping[str, float], live: Mapping[str, float] | None = None) -> float | None:
+    """Feedback accuracy from the registry's ``live`` metrics when enough labels back it, else the manifest's."""
+    if live and FEEDBACK_ACCURACY in live and live.get(FEEDBACK_N, 0) >= FEEDBACK_MIN_N:
+        return float(live[FEEDBACK_ACCURACY])
     return next((float(metrics[k]) for k in ACCURACY_KEYS if k in metrics), None)
 
 
-def load_model(stored: StoredModel, threads: int, max_batch: int) -> ServedModel:
+def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[str, float] | None = None
+               ) -> ServedModel:
     """Open a session and seed its latency with one run at batch 1 and one at ``max_batch``.
+
+    ``live``: the version's registry metrics, for its feedback accuracy.
 
     A first, untimed run allocates the session's buffers, so no request pays
     for it and it does not inflate the batch-1 estimate.
@@ -123,7 +136,7 @@ def load_model(stored: StoredModel, threads: int, max_batch: int) -> ServedModel
     m = stored.manifest
     spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec.name, m.temperature, accuracy_of(m.metrics))
+                        spec.name, m.temperature, accuracy_of(m.metrics, live))
     row = [d or 1 for d in spec.shape[1:]]
     model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
     for batch in sorted({1, max_batch}):
@@ -145,4 +158,11 @@ def load_served(store: ModelStore, threads: int, max_batch: int, registry: Activ
                 only: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[ServedModel]]:
     """Every served model loaded and warmed up, by task."""
     served = require_served(store, registry, only)
-    return {task: [load_model(s, threads, max_batch) for s in versions] for task, versions in served.items()}
+
+    def live(stored: StoredModel) -> Mapping[str, float] | None:
+        m = stored.manifest
+        record = registry.model(m.task, m.name, m.version) if registry is not None else None
+        return record.metrics if record is not None else None
+
+    return {task: [load_model(s, threads, max_batch, live(s)) for s in versions]
+            for task, versions in served.items()}

@@ -16,6 +16,7 @@ from agent.command_line import print_help_of
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
+from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.registry import ModelRecord, RegistryUnavailable, existing_registry
 from cloud.registry.open import add_registry_option
 from cloud.store import default_store_root
@@ -83,7 +84,9 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     listing = actions.add_parser("list", help="list every model version in the store",
                                  description="List task, name, version, path and key metrics of every model, and"
                                  " when a registry exists its state (staged, canary, active, retired) and the"
-                                 " run time at batch 1 that serving measured (b1 ms; --json has every batch size).")
+                                 " run time at batch 1 that serving measured (b1 ms; --json has every batch size)"
+                                 " and the accuracy on the fleet's labelled feedback with the number of labels"
+                                 " (feedback).")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     add_store_option(listing)
     add_registry_option(listing)
@@ -107,6 +110,12 @@ def _registry_states(url: str | None) -> dict[tuple[str, str, int], ModelRecord]
         return None
     with registry:
         return {(m.task, m.name, m.version): m for m in registry.models()}
+
+
+def _feedback(metrics: dict[str, float]) -> str:
+    """``93.10% n=1200`` from a version's registry metrics, or ``-`` when no answer was labelled yet."""
+    accuracy, n = metrics.get(FEEDBACK_ACCURACY), metrics.get(FEEDBACK_N)
+    return "-" if accuracy is None or n is None else f"{accuracy:.2%} n={int(n)}"
 
 
 def run_models_list(args: argparse.Namespace) -> int:
@@ -134,12 +143,14 @@ def run_models_list(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"the store {store.root} holds no models yet; try: fedge-cloud train --task mnist1d --model edge")
     else:
-        state_head = "" if states is None else f"{'state':<8} {'b1 ms':>7} "
+        state_head = "" if states is None else f"{'state':<8} {'b1 ms':>7} {'feedback':>14} "
         print(f"{'task':<9} {'name':<22} {'ver':>3} {state_head}{'accuracy':>8} {'KiB':>7}  path")
         for r in rows:
             accuracy = r["metrics"].get("test_accuracy")  # type: ignore[union-attr]
             shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "-"
-            live = r.get("registry_metrics", {}).get("latency_ms_b1")  # type: ignore[attr-defined]
-            state = "" if states is None else f"{r['state'] or '-':<8} {'-' if live is None else f'{live:.2f}':>7} "
+            registry_metrics = r.get("registry_metrics", {})
+            live = registry_metrics.get("latency_ms_b1")  # type: ignore[attr-defined]
+            state = "" if states is None else f"{r['state'] or '-':<8} {'-' if live is None else f'{live:.2f}':>7}" \
+                f" {_feedback(registry_metrics):>14} "
             print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {state}{shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
     return ExitCode.INVALID_INPUT if problems else ExitCode.OK
