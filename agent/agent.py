@@ -29,7 +29,15 @@ from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
 from agent.mqtt_client import TlsFiles
 from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
-from agent.policy import CapacityLimits, ConfidencePolicy, Pressure, Reason, confidence_policy, may_offload, over_capacity
+from agent.policy import (
+    CapacityLimits,
+    ConfidencePolicy,
+    Pressure,
+    Reason,
+    confidence_policy,
+    may_offload,
+    over_capacity,
+)
 from agent.profile.offload import GeometricMeanFusion, Metric
 from agent.profile.resolve import resolve_password
 from agent.profile.schema import Profile
@@ -331,7 +339,13 @@ class Agent:
         }
 
     def feedback(self, request_id: str, label: int) -> bool:
-        """Label an answer: kept as a training label if its sample is stored, counted if it is recent."""
+        """Label an answer: kept as a training label if its sample is stored, counted if it is recent.
+
+        ValueError when the label names no class of the answer (it would teach and count nonsense).
+        """
+        classes = self.answers.classes(request_id)
+        if not 0 <= label < (classes if classes is not None else 2**31):
+            raise ValueError(f"label {label} is not a class of this answer (0 to {(classes or 2**31) - 1})")
         kept = self.samples is not None and self.samples.feedback(request_id, label)
         counted = self.answers.feedback(request_id, label)
         return kept or counted

@@ -37,19 +37,28 @@ class FeedbackTally:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         self.capacity = capacity
         self.session = secrets.token_hex(8)
-        self._answers: OrderedDict[str, tuple[str, str, str, np.ndarray]] = OrderedDict()
+        self._answers: OrderedDict[str, tuple[str, str, str, int, int]] = OrderedDict()  # + predicted, classes
         self._counts: dict[tuple[str, str, str], list[int]] = {}  # (task, name, version) -> [n, correct]
         self._lock = threading.Lock()
 
     def answered(self, task: str, reply: InferReply) -> None:
-        """Remember a final answer. O(1) on the request path: the prediction is read only if feedback comes."""
+        """Remember a final one-row answer's prediction (never its array: a row may be a view of a whole batch)."""
         if reply.source not in _COUNTED:
             return
         probs = next(iter(reply.outputs.values()))
+        if probs.ndim != 2 or len(probs) != 1:  # one label cannot judge several rows
+            return
+        predicted, classes = int(np.argmax(probs[0])), probs.shape[1]
         with self._lock:
-            self._answers[reply.request_id] = (task, reply.model_name, reply.model_version, probs)
+            self._answers[reply.request_id] = (task, reply.model_name, reply.model_version, predicted, classes)
             if len(self._answers) > self.capacity:
                 self._answers.popitem(last=False)
+
+    def classes(self, request_id: str) -> int | None:
+        """How many classes the remembered answer had (labels are 0 … classes-1), or None."""
+        with self._lock:
+            answer = self._answers.get(request_id)
+        return None if answer is None else answer[4]
 
     def feedback(self, request_id: str, label: int) -> bool:
         """Count ``label`` for the remembered answer to ``request_id``; False when there is none to count."""
@@ -57,10 +66,8 @@ class FeedbackTally:
             answer = self._answers.pop(request_id, None)
         if answer is None:
             return False
-        task, name, version, probs = answer
-        if probs.ndim != 2 or len(probs) != 1:  # one label cannot judge several rows
-            return False
-        correct = int(np.argmax(probs[0])) == label
+        task, name, version, predicted, _classes = answer
+        correct = predicted == label
         with self._lock:
             counts = self._counts.setdefault((task, name, version), [0, 0])
             counts[0] += 1

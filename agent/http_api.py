@@ -139,7 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(request_id, str) or isinstance(label, bool) or not isinstance(label, int):
             self._error(HTTPStatus.BAD_REQUEST, 'feedback body must be {"id": "<request id>", "label": <int>}')
             return
-        if not self.server.service.feedback(request_id, label):
+        try:
+            found = self.server.service.feedback(request_id, label)
+        except ValueError as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        if not found:
             self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer for request {request_id!r} (evicted, or never kept)")
             return
         self._json(HTTPStatus.OK, {"id": request_id, "label": label})

@@ -54,12 +54,19 @@ class DeviceListener:
         self.status_filter = f"{self.prefix}/device/+/status"
         self._client = new_client(client_id, tls=tls, username=username, password=password)
         self._client.on_connect = self._on_connect  # subscribes again after every reconnect
+        self._subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.message_callback_add(self.heartbeat_filter, self._on_heartbeat)
         self._client.message_callback_add(self.status_filter, self._on_status)
 
-    def start(self) -> None:
-        """Connect and listen in paho's thread; BrokerConnectError if the broker is not there."""
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and listen in paho's thread, returning once the broker confirmed the subscriptions
+        (heartbeats are not retained: one sent before that would be missed); BrokerConnectError otherwise."""
         connect(self._client, self.host, self.port)
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise BrokerConnectError(f"MQTT broker at {self.host}:{self.port} did not confirm the device"
+                                     f" subscriptions within {timeout:.0f} s")
 
     def stop(self) -> None:
         self._client.disconnect()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from agent.protocol.topics import check_segment
 from agent.validation_errors import describe
 
 if TYPE_CHECKING:  # the registry package loads database drivers; serving imports only the names below
@@ -33,12 +34,14 @@ log = logging.getLogger(__name__)
 FEEDBACK_ACCURACY = "feedback_accuracy"
 FEEDBACK_N = "feedback_n"
 VersionKey = tuple[str, str, int]  # task, model name, version
+MAX_COUNT = 2**31 - 1  # fits PostgreSQL's INTEGER; a device claiming more is lying or broken
+MAX_ENTRIES = 256  # counted versions one heartbeat may carry
 
 
 class _Count(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n: StrictInt = Field(ge=0)
-    correct: StrictInt = Field(ge=0)
+    n: StrictInt = Field(ge=0, le=MAX_COUNT)
+    correct: StrictInt = Field(ge=0, le=MAX_COUNT)
 
     @model_validator(mode="after")
     def _at_most_n(self) -> _Count:
@@ -51,6 +54,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow")
     session: str = Field(min_length=1, max_length=128)
     tasks: dict[str, dict[str, dict[str, _Count]]]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> _Section:
+        entries = sum(len(versions) for names in self.tasks.values() for versions in names.values())
+        if entries > MAX_ENTRIES:
+            raise ValueError(f"{entries} counted versions; at most {MAX_ENTRIES} per heartbeat")
+        for task, names in self.tasks.items():
+            check_segment(task, "task")
+            for name in names:
+                check_segment(name, "model name")
+        return self
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,8 @@ def feedback_of(heartbeat: dict[str, Any]) -> FeedbackReport | None:
         raise ValueError(f"bad feedback section: {describe(exc)}") from None
     counts = {(task, name, int(version)): (c.n, c.correct)
               for task, names in parsed.tasks.items() for name, versions in names.items()
-              for version, c in versions.items() if version.isascii() and version.isdigit()}
+              for version, c in versions.items()
+              if version.isascii() and version.isdigit() and 0 < int(version) <= MAX_COUNT and c.n > 0}
     return FeedbackReport(parsed.session, counts)
 
 
@@ -86,7 +101,7 @@ def record_feedback(registry: Registry, device_id: str, heartbeat: dict[str, Any
         return
     totals = registry.record_feedback(device_id, report.session, report.counts)
     for (task, name, version), (n, correct) in totals.items():
-        if registry.model(task, name, version) is None:
-            registry.add_model(task, name, version)
+        if registry.model(task, name, version) is None:  # devices do not create models; counts wait for it
+            continue
         registry.update_model_metrics(task, name, version, {FEEDBACK_ACCURACY: correct / n if n else 0.0,
                                                             FEEDBACK_N: n})

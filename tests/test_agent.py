@@ -275,6 +275,10 @@ def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> N
     assert agent.samples is not None and 3 in agent.samples.training_set("mnist1d").labels.tolist()
     status, _ = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": "nope", "label": 1}).encode())
     assert status == 404
+    other = next(r for r in (agent.infer(request(x[i:i + 1])) for i in range(200)) if r.request_id != offloaded.request_id)
+    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+                        json.dumps({"id": other.request_id, "label": 10}).encode())  # ten classes: 0..9
+    assert status == 400 and "not a class" in doc["error"], doc
 
 
 def test_heartbeat_and_retained_status_reach_the_broker(zoo: Path, broker: Mosquitto) -> None:

@@ -89,11 +89,15 @@ def test_agent_counts_labelled_answers_per_model_version_and_the_registry_learns
             assert agent.feedback(reply.request_id, int(y[i]))
         assert not agent.feedback(replies[0].request_id, int(y[0]))  # counted once
         assert not agent.feedback("never-answered", 1) and not agent.feedback(batch.request_id, 1)
+        for label in (10, -1):  # ten classes: labels 0..9
+            with pytest.raises(ValueError, match="not a class"):
+                agent.feedback(replies[25].request_id, label)
         heartbeat = agent.heartbeat()
     section = heartbeat["feedback"]
     name, version = replies[0].model_name, replies[0].model_version
     assert section["tasks"] == {TASK: {name: {version: {"n": 20, "correct": sum(right[:20])}}}}
     assert isinstance(section["session"], str) and section["session"]
+    registry.add_model(TASK, name, int(version))  # devices never create models: counts wait for a known version
     publish(broker, "edge-1", {**heartbeat, "device_id": "edge-1"})
     assert eventually(lambda: reaches(registry, 20, sum(right[:20]), name, int(version)))
 
@@ -112,10 +116,10 @@ def test_recent_answers_are_bounded(zoo: Path) -> None:
 
 def test_two_devices_sum_and_a_restart_neither_loses_nor_double_counts(
         broker: Mosquitto, listener: DeviceListener, registry: Registry) -> None:
+    registry.add_model(TASK, CLOUD, 1)
     publish(broker, "a", beat("a", "s1", {1: (10, 8)}))
     publish(broker, "b", beat("b", "t1", {1: (30, 15)}))
     assert eventually(lambda: reaches(registry, 40, 23))
-    assert registry.model(TASK, CLOUD, 1) is not None  # unknown until feedback came: added (staged)
     publish(broker, "a", beat("a", "s1", {1: (12, 9)}))  # more feedback in the same run: replaces
     publish(broker, "a", beat("a", "s1", {1: (12, 9)}))  # a repeated heartbeat: changes nothing
     assert eventually(lambda: reaches(registry, 42, 24))
@@ -123,8 +127,12 @@ def test_two_devices_sum_and_a_restart_neither_loses_nor_double_counts(
     assert eventually(lambda: reaches(registry, 45, 27))
     publish(broker, "a", beat("a", "s1", {1: (11, 9)}))  # a late heartbeat of the old run: older counts
     publish(broker, "b", beat("b", "t1", {1: (30, 15), 2: (4, 4)}))  # b also labels answers of v2 now
-    assert eventually(lambda: reaches(registry, 4, 4, version=2))
-    assert reaches(registry, 45, 27)
+    publish(broker, "b", beat("b", "t1", {1: (31, 16), 2: (4, 4)}))
+    assert eventually(lambda: reaches(registry, 46, 28))
+    assert registry.model(TASK, CLOUD, 2) is None  # a version the cloud never registered is not created
+    registry.add_model(TASK, CLOUD, 2)
+    publish(broker, "b", beat("b", "t1", {1: (31, 16), 2: (5, 5)}))  # the counts kept waiting for it
+    assert eventually(lambda: reaches(registry, 5, 5, version=2))
 
 
 def test_garbage_feedback_is_ignored_and_the_heartbeat_and_listener_go_on(
@@ -141,12 +149,14 @@ def test_garbage_feedback_is_ignored_and_the_heartbeat_and_listener_go_on(
         publish(broker, f"bad-{i}", {"kind": "test-box", "feedback": section})
     publish(broker, "local", beat("local", "s", {1: (5, 5)}) | {"feedback": {"session": "s", "tasks": {
         TASK: {"my-file": {"local": {"n": 5, "correct": 5}}}}}})  # a local model file: no registry version
+    publish(broker, "huge", beat("huge", "h", {1: (2**40, 0)}))  # past any database integer: refused
+    registry.add_model(TASK, CLOUD, 1)
     publish(broker, "good", beat("good", "g", {1: (60, 57)}))
     assert eventually(lambda: reaches(registry, 60, 57))
     assert eventually(lambda: {d.device_id for d in registry.devices()} >= {f"bad-{i}" for i in range(len(garbage))})
     assert [m.name for m in registry.models()] == [CLOUD]
     ignored = [r.getMessage() for r in caplog.records if "ignored the feedback" in r.getMessage()]
-    assert len(ignored) == len(garbage), ignored
+    assert len(ignored) == len(garbage) + 1, ignored
     assert any("more than n" in m for m in ignored) and any("session" in m for m in ignored)
 
 

@@ -28,10 +28,11 @@ from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.serving.latency import LatencyEwma
 
 log = logging.getLogger(__name__)
-# A model ranks by its accuracy on the fleet's labelled feedback (the registry's "feedback_accuracy", written by
-# cloud/feedback.py) once at least FEEDBACK_MIN_N answers were labelled, since that is the traffic it serves;
-# until then (fewer labels are too noisy to rank by) by the zoo's "test_accuracy" from its manifest. Read when a
-# worker loads its models.
+# A task's models rank by their accuracy on the fleet's labelled feedback (the registry's "feedback_accuracy",
+# written by cloud/feedback.py) once every one of them has at least FEEDBACK_MIN_N labelled answers, since that
+# is the traffic they serve; until then all of them by the zoo's "test_accuracy" from their manifests: the
+# offloaded inputs are the hard ones, so one model's feedback accuracy is no match for another's test accuracy.
+# Read when a worker loads its models.
 FEEDBACK_MIN_N = 50
 ACCURACY_KEYS = ("test_accuracy",)
 
@@ -164,5 +165,10 @@ def load_served(store: ModelStore, threads: int, max_batch: int, registry: Activ
         record = registry.model(m.task, m.name, m.version) if registry is not None else None
         return record.metrics if record is not None else None
 
-    return {task: [load_model(s, threads, max_batch, live(s)) for s in versions]
-            for task, versions in served.items()}
+    loaded = {}
+    for task, versions in served.items():
+        metrics = [live(s) for s in versions]
+        if not all(m and m.get(FEEDBACK_N, 0) >= FEEDBACK_MIN_N for m in metrics):
+            metrics = [None] * len(versions)  # one measure for all of a task's models, or none
+        loaded[task] = [load_model(s, threads, max_batch, m) for s, m in zip(versions, metrics)]
+    return loaded
