@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_MS = 1000.0
 OUTPUT = "probabilities"
+MAX_LABEL = 2**31  # a class index the sample store (SQLite INTEGER) and the cloud's counts can hold
 
 
 @dataclass
@@ -343,11 +344,10 @@ class Agent:
 
         ValueError when the label names no class of the answer (it would teach and count nonsense).
         """
-        classes = self.answers.classes(request_id)
-        if not 0 <= label < (classes if classes is not None else 2**31):
-            raise ValueError(f"label {label} is not a class of this answer (0 to {(classes or 2**31) - 1})")
+        if not 0 <= label < MAX_LABEL:
+            raise ValueError(f"label {label} is not a class (0 to {MAX_LABEL - 1})")
+        counted = self.answers.feedback(request_id, label)  # checks the label against the answer's classes first
         kept = self.samples is not None and self.samples.feedback(request_id, label)
-        counted = self.answers.feedback(request_id, label)
         return kept or counted
 
     def metrics_text(self) -> tuple[bytes, str]:

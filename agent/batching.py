@@ -76,9 +76,6 @@ class Pending:
         self._error = error
         self._latch.release()
 
-    def done(self) -> bool:
-        return not self._latch.locked()
-
     def result(self, timeout: float | None = None) -> np.ndarray:
         """The rows, the run's exception, or TimeoutError after ``timeout`` seconds."""
         if not self._latch.acquire(timeout=-1 if timeout is None else timeout):

@@ -54,24 +54,22 @@ class FeedbackTally:
             if len(self._answers) > self.capacity:
                 self._answers.popitem(last=False)
 
-    def classes(self, request_id: str) -> int | None:
-        """How many classes the remembered answer had (labels are 0 … classes-1), or None."""
+    def feedback(self, request_id: str, label: int) -> bool:
+        """Count ``label`` for the remembered answer to ``request_id``; False when there is none to count.
+
+        ValueError (and nothing counted or forgotten) when the label names no class of that answer.
+        """
         with self._lock:
             answer = self._answers.get(request_id)
-        return None if answer is None else answer[4]
-
-    def feedback(self, request_id: str, label: int) -> bool:
-        """Count ``label`` for the remembered answer to ``request_id``; False when there is none to count."""
-        with self._lock:
-            answer = self._answers.pop(request_id, None)
-        if answer is None:
-            return False
-        task, name, version, predicted, _classes = answer
-        correct = predicted == label
-        with self._lock:
+            if answer is None:
+                return False
+            task, name, version, predicted, classes = answer
+            if not 0 <= label < classes:
+                raise ValueError(f"label {label} is not a class of this answer (0 to {classes - 1})")
+            del self._answers[request_id]
             counts = self._counts.setdefault((task, name, version), [0, 0])
             counts[0] += 1
-            counts[1] += correct
+            counts[1] += predicted == label
         return True
 
     def heartbeat(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class OffloadClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
-        self._handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
+        self._handled: set[str] = set()  # topics given to ``subscribe``, subscribed again on every connect
         self._subscriptions = threading.Lock()  # a handler added while connecting is subscribed exactly once
         self._stopping = False
         self.ignored_replies = 0
@@ -141,7 +141,7 @@ class OffloadClient:
         client.subscribe(self.reply_topic, qos=1)
         client.subscribe(self.topics.cloud_status, qos=1)
         with self._subscriptions:
-            for topic in list(self._handlers):
+            for topic in sorted(self._handled):
                 client.subscribe(topic, qos=1)
             self._connected.set()
         client.publish(self._status_topic, ONLINE, qos=1, retain=True)
@@ -229,14 +229,14 @@ class OffloadClient:
 
         self._client.message_callback_add(topic, guarded)
         with self._subscriptions:
-            self._handlers[topic] = handler
+            self._handled.add(topic)
             if self._connected.is_set():
                 self._client.subscribe(topic, qos=1)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop what ``subscribe`` started."""
         with self._subscriptions:
-            self._handlers.pop(topic, None)
+            self._handled.discard(topic)
             if self._connected.is_set():
                 self._client.unsubscribe(topic)
         self._client.message_callback_remove(topic)
