@@ -69,11 +69,16 @@ class Manifest(BaseModel):
 
     def signed_bytes(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature."""
-        doc = self.model_dump(mode="json", exclude={"signature"})
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return unsigned_bytes(self)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=False) + "\n"
+
+
+def unsigned_bytes(document: BaseModel) -> bytes:
+    """A signed document's canonical bytes: every field but ``signature``, as sorted compact JSON."""
+    doc = document.model_dump(mode="json", exclude={"signature"})
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def sha256_file(path: Path) -> str:

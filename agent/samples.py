@@ -93,14 +93,22 @@ class SampleStore:
             query, args = ("SELECT COUNT(*) FROM samples WHERE task = ?", (task,)) if task else ("SELECT COUNT(*) FROM samples", ())
             return int(self._db.execute(query, args).fetchone()[0])
 
-    def training_set(self, task: str) -> TrainingSet:
-        """Every kept sample of ``task`` as arrays, oldest first (rows of one sample each)."""
+    def training_set(self, task: str, *, newest: int | None = None, labelled: bool = False) -> TrainingSet:
+        """Kept samples of ``task`` as arrays, oldest first (rows of one sample each).
+
+        ``newest``: only the most recent that many; ``labelled``: only samples with a user label
+        or the cloud's probabilities. Both are applied in the query, so a caller wanting the last
+        few hundred does not decode the whole store.
+        """
         if self._db is None:
             raise RuntimeError("the sample store is disabled in this profile")
+        where = "task = ?" + (" AND (label IS NOT NULL OR length(soft) > 0)" if labelled else "")
         with self._lock:
             rows = self._db.execute(
-                "SELECT dtype, shape, x, soft, label FROM samples WHERE task = ? ORDER BY seq", (task,)
+                f"SELECT dtype, shape, x, soft, label FROM samples WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (task, -1 if newest is None else newest),  # SQLite: a negative LIMIT means none
             ).fetchall()
+        rows.reverse()
         xs, softs, labels = [], [], []
         for dtype, shape, x, soft, label in rows:
             array = np.frombuffer(x, dtype=np.dtype(dtype)).reshape([int(d) for d in shape.split(",") if d])

@@ -60,12 +60,11 @@ def acl_text(fleet: Fleet) -> str:
                        f"topic read {p}/models/#", f"topic read {t.cloud_status}"])
     for worker in fleet.workers:
         blocks.append([f"user {worker}", f"topic read {t.infer_filter}", f"topic write {p}/device/+/reply",
-                       f"topic write {p}/replies/#", f"topic write {p}/cloud/workers/+"])
+                       f"topic write {p}/replies/#", f"topic write {t.worker_reports}"])
     for coordinator in fleet.coordinators:
         blocks.append([f"user {coordinator}", f"topic write {t.cloud_status}", f"topic write {p}/models/#",
-                       f"topic write {p}/cloud/coordinators/+",
-                       f"topic read {p}/cloud/workers/+", f"topic read {p}/device/+/status",
-                       f"topic read {p}/device/+/heartbeat"])
+                       f"topic write {t.coordinator_presences}", f"topic read {t.worker_reports}",
+                       f"topic read {t.device_status_filter}", f"topic read {t.device_heartbeat_filter}"])
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"
 
 

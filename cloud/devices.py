@@ -48,10 +48,10 @@ class DeviceListener:
                  password: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.host, self.port = host, port
-        self.prefix = Topics(topic_prefix).prefix  # validated
+        self.topics = Topics(topic_prefix)
         self.clock = clock
-        self.heartbeat_filter = f"{self.prefix}/device/+/heartbeat"
-        self.status_filter = f"{self.prefix}/device/+/status"
+        self.heartbeat_filter = self.topics.device_heartbeat_filter
+        self.status_filter = self.topics.device_status_filter
         self._client = new_client(client_id, tls=tls, username=username, password=password)
         self._client.on_connect = self._on_connect  # subscribes again after every reconnect
         self._subscribed = threading.Event()
@@ -83,11 +83,8 @@ class DeviceListener:
         if not reason.is_failure:
             client.subscribe([(self.heartbeat_filter, 0), (self.status_filter, 1)])
 
-    def _device_of(self, topic: str) -> str:
-        return topic[len(self.prefix) + len("/device/"):].split("/", 1)[0]
-
     def _on_heartbeat(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        device_id = self._device_of(msg.topic)
+        device_id = self.topics.device_of(msg.topic) or ""  # the filters only match device topics
         try:
             heartbeat = json.loads(msg.payload)
             if isinstance(heartbeat, dict) and heartbeat.get("device_id", device_id) != device_id:
@@ -107,7 +104,7 @@ class DeviceListener:
             log.exception("could not record the feedback in a heartbeat from %s", device_id)
 
     def _on_status(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        device_id = self._device_of(msg.topic)
+        device_id = self.topics.device_of(msg.topic) or ""  # the filters only match device topics
         if msg.payload not in (ONLINE, OFFLINE):
             log.warning("ignored a status from %s: %r is neither 'online' nor 'offline'", device_id, msg.payload[:40])
             return

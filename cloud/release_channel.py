@@ -14,7 +14,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.model_store import StoredModel
 from agent.mqtt_client import TlsFiles, connect, new_client
 from agent.protocol import Topics
-from agent.updates import Release, artifact_topic, release_topic
+from agent.updates import Release
 from cloud.broker_options import client_id as unique_client_id
 
 PUBLISH_TIMEOUT_S = 30.0
@@ -33,7 +33,7 @@ class ReleaseChannel:
     def __init__(self, host: str, port: int, topics: Topics, *, client_id: str | None = None,
                  tls: TlsFiles | None = None, username: str | None = None, password: str | None = None) -> None:
         self.host, self.port, self.topics = host, port, topics
-        self._heartbeat_filter = f"{topics.prefix}/device/+/heartbeat"
+        self._heartbeat_filter = topics.device_heartbeat_filter
         self._heartbeats: Heartbeats = {}
         self._changed = threading.Condition()
         self._subscribed = threading.Event()
@@ -66,19 +66,19 @@ class ReleaseChannel:
     def publish_artifact(self, stored: StoredModel) -> str:
         """The model file, retained on its artifact topic, so agents fetch it when a release names it."""
         m = stored.manifest
-        topic = artifact_topic(self.topics, m.task, m.name, m.version)
+        topic = self.topics.artifact(m.task, m.name, m.version)
         self._publish(topic, stored.model_path.read_bytes())
         return topic
 
     def publish_release(self, release: Release) -> str:
         """A signed release, retained on its group's topic: it replaces the group's previous one."""
-        topic = release_topic(self.topics, release.manifest.task, release.group)
+        topic = self.topics.release(release.manifest.task, release.group)
         self._publish(topic, release.to_bytes())
         return topic
 
     def clear_release(self, task: str, group: str) -> None:
         """No release for the group any more (an empty retained message deletes it)."""
-        self._publish(release_topic(self.topics, task, group), b"")
+        self._publish(self.topics.release(task, group), b"")
 
     def wait_until(self, done: Callable[[Heartbeats], bool], timeout_s: float) -> bool:
         """Wait (woken by each heartbeat) until ``done(latest heartbeats)`` holds; False on timeout."""
@@ -123,5 +123,5 @@ class ReleaseChannel:
             return  # the device registry logs bad heartbeats; a rollout only needs the good ones
         if isinstance(doc, dict):
             with self._changed:
-                self._heartbeats[msg.topic.split("/")[-2]] = doc
+                self._heartbeats[self.topics.device_of(msg.topic) or ""] = doc
                 self._changed.notify_all()

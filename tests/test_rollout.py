@@ -17,7 +17,7 @@ from agent.manifest import MANIFEST_FILE
 from agent.mqtt_client import TlsFiles
 from agent.profile.connectivity import TlsConfig
 from agent.protocol import Topics
-from agent.updates import Release, release_topic
+from agent.updates import Release
 from cloud.devices import DeviceListener
 from cloud.keys import load_private_key
 from cloud.mosquitto import Mosquitto, ServerTls
@@ -176,7 +176,7 @@ def test_a_failed_first_release_is_withdrawn(tmp_path: Path, broker: Mosquitto, 
     event = registry.model_history(TASK, NAME)[-1]
     assert (event.version, event.state) == (3, ModelState.RETIRED)
     assert "withdrawn" in event.reason and "keep it" in event.reason
-    release = release_topic(Topics(), TASK, GROUP)
+    release = Topics().release(TASK, GROUP)
     assert release not in retained_under(broker, f"{Topics().prefix}/models/#")
 
 

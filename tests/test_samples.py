@@ -26,6 +26,17 @@ def test_samples_round_trip_with_soft_labels_and_feedback(tmp_path: Path) -> Non
     assert store.count("digits") == 0
 
 
+def test_the_newest_labelled_samples_come_from_the_query(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.db")
+    for i in range(6):  # odd ones carry the cloud's probabilities, 4 a user's label, the rest nothing
+        store.add(f"r{i}", "t", np.full((1, 4), i, np.float32), np.full(3, 0.3, np.float32) if i % 2 else None)
+    assert store.feedback("r4", 2)
+    newest = store.training_set("t", newest=3, labelled=True)
+    assert newest.x[:, 0].tolist() == [3, 4, 5] and newest.labels.tolist() == [-1, 2, -1]
+    assert store.training_set("t", newest=2).x[:, 0].tolist() == [4, 5]
+    assert store.training_set("t", labelled=True).x[:, 0].tolist() == [1, 3, 4, 5]
+
+
 def test_bounded_by_rows_and_bytes_oldest_first(tmp_path: Path) -> None:
     store = SampleStore(tmp_path / "s.db", max_rows=5, max_bytes=10_000)
     for i in range(8):

@@ -358,7 +358,7 @@ def _presence(broker: Mosquitto, coordinators: int) -> dict[str, bytes]:
     """Coordinator id -> its retained presence, once ``coordinators`` have arrived."""
     with client(broker, "presence") as c:
         inbox = Inbox(c)
-        subscribe(c, f"{TOPICS.prefix}/cloud/coordinators/+")
+        subscribe(c, TOPICS.coordinator_presences)
         found: dict[str, bytes] = {}
         while len(found) < coordinators:
             msg = inbox.get(timeout=10)

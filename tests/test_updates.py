@@ -23,7 +23,7 @@ from agent.offload import BrokerSettings, OffloadClient
 from agent.profile.schema import Profile
 from agent.protocol import InferReply, InferRequest, Topics
 from agent.signing import KeyFileError
-from agent.updates import HOLD_ENV, Release, artifact_topic
+from agent.updates import HOLD_ENV, Release
 from agent.updates.artifact import ArtifactWait
 from cloud.keys import init_keys, load_private_key, sign
 from cloud.mosquitto import Mosquitto
@@ -87,7 +87,7 @@ def send(channel: ReleaseChannel, cloud: CloudSide, rel: Release, artifact: byte
     if artifact is None:
         channel.publish_artifact(cloud.stored(m.version))
     else:
-        channel._publish(artifact_topic(channel.topics, TASK, NAME, m.version), artifact)
+        channel._publish(channel.topics.artifact(TASK, NAME, m.version), artifact)
     channel.publish_release(rel)
 
 
@@ -216,7 +216,7 @@ def test_a_second_delivery_of_the_model_file_is_ignored_and_offloading_goes_on(
     try:
         assert connection.wait_connected(10)
         channel.publish_artifact(cloud.stored(2))
-        wait = ArtifactWait(artifact_topic(Topics(), TASK, NAME, 2))
+        wait = ArtifactWait(Topics().artifact(TASK, NAME, 2))
         connection.subscribe(wait.topic, wait.deliver)
         assert wait.result(timeout=10) == cloud.stored(2).model_path.read_bytes()
         channel.publish_artifact(cloud.stored(2))  # a redelivery while the handler is still subscribed

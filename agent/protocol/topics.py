@@ -61,8 +61,52 @@ class Topics:
         return f"{self.prefix}/device/{check_segment(device_id, 'device id')}/heartbeat"
 
     @property
+    def device_status_filter(self) -> str:
+        """Every device's status (and Last Will)."""
+        return f"{self.prefix}/device/+/status"
+
+    @property
+    def device_heartbeat_filter(self) -> str:
+        """Every device's heartbeat."""
+        return f"{self.prefix}/device/+/heartbeat"
+
+    def device_of(self, topic: str) -> str | None:
+        """The device id of a ``{prefix}/device/{id}/...`` topic, or None when it is not one."""
+        head = f"{self.prefix}/device/"
+        if not topic.startswith(head):
+            return None
+        device = topic[len(head):].split("/", 1)[0]
+        return device or None
+
+    @property
     def cloud_status(self) -> str:
         return f"{self.prefix}/cloud/status"
 
+    def worker_report(self, worker_id: str) -> str:
+        """A cloud worker's load report to the coordinators."""
+        return f"{self.prefix}/cloud/workers/{check_segment(worker_id, 'worker id')}"
+
+    @property
+    def worker_reports(self) -> str:
+        """Every worker's load report."""
+        return f"{self.prefix}/cloud/workers/+"
+
+    def coordinator_presence(self, coordinator_id: str) -> str:
+        """A coordinator's retained ``online``/``offline`` (its Last Will)."""
+        return f"{self.prefix}/cloud/coordinators/{check_segment(coordinator_id, 'coordinator id')}"
+
+    @property
+    def coordinator_presences(self) -> str:
+        return f"{self.prefix}/cloud/coordinators/+"
+
     def manifest(self, task: str) -> str:
         return f"{self.prefix}/models/{check_segment(task, 'task')}/manifest"
+
+    def release(self, task: str, group: str) -> str:
+        """Where the retained release of ``task`` for a device group lives."""
+        return f"{self.manifest(task)}/{check_segment(group, 'device group')}"
+
+    def artifact(self, task: str, name: str, version: int) -> str:
+        """Where a model version's bytes are retained."""
+        task, name = check_segment(task, "task"), check_segment(name, "model name")
+        return f"{self.prefix}/models/{task}/artifact/{name}/{version}"

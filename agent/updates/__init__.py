@@ -1,6 +1,6 @@
 """Signed model releases on the agent: verify, install crash-safely, shadow-evaluate, swap, report."""
 
-from agent.updates.release import Release, ReleaseError, artifact_topic, release_topic
+from agent.updates.release import Release, ReleaseError
 from agent.updates.updater import HOLD_ENV, Updater
 
-__all__ = ["HOLD_ENV", "Release", "ReleaseError", "Updater", "artifact_topic", "release_topic"]
+__all__ = ["HOLD_ENV", "Release", "ReleaseError", "Updater"]

@@ -5,22 +5,19 @@ A release wraps a signed model manifest with what to do (``install`` or
 where the model bytes are. The release is signed as a whole, so neither the
 action nor the targets can be changed on the way; the manifest keeps its own
 signature from ``fedge-cloud models publish``. The model bytes are retained on
-``artifact_topic(...)``, derived from the manifest by both sides. ``issued_at`` orders releases,
+``Topics.artifact(...)``, derived from the manifest by both sides. ``issued_at`` orders releases,
 so an old one replayed is recognised and ignored.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.manifest import Manifest, ManifestError
-from agent.protocol import Topics
-from agent.protocol.topics import check_segment
+from agent.manifest import Manifest, ManifestError, unsigned_bytes
 from agent.signing import verify
 from agent.validation_errors import describe
 
@@ -46,25 +43,13 @@ class Release(BaseModel):
 
     def signed_bytes(self) -> bytes:
         """The canonical bytes a signature covers: every field but the release's own signature."""
-        doc = self.model_dump(mode="json", exclude={"signature"})
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return unsigned_bytes(self)
 
     def targets(self, device_id: str, group: str) -> bool:
         return self.group == group and (self.devices is None or device_id in self.devices)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-def release_topic(topics: Topics, task: str, group: str) -> str:
-    """Where the retained release of ``task`` for ``group`` lives: ``{prefix}/models/{task}/manifest/{group}``."""
-    return f"{topics.manifest(task)}/{check_segment(group, 'device group')}"
-
-
-def artifact_topic(topics: Topics, task: str, name: str, version: int) -> str:
-    """Where a model version's bytes are retained: ``{prefix}/models/{task}/artifact/{name}/{version}``."""
-    base = topics.manifest(task).rsplit("/", 1)[0]
-    return f"{base}/artifact/{check_segment(name, 'model name')}/{version}"
 
 
 def parse_release(payload: bytes, topic: str) -> Release:

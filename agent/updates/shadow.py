@@ -52,9 +52,9 @@ class Verdict:
 
 def recent_traffic(samples: SampleStore | None, task: str, most: int) -> Traffic:
     """The newest ``most`` kept samples of ``task`` that carry a label (none when the store is off)."""
-    if samples is None or not samples.enabled or samples.count(task) == 0:
+    if samples is None or not samples.enabled:
         return Traffic(np.empty((0,)), np.empty((0,), np.int64))
-    kept = samples.training_set(task)
+    kept = samples.training_set(task, newest=most, labelled=True)
     labels = kept.labels.copy()
     has_soft = ~np.isnan(kept.soft).any(axis=1) if kept.soft.size else np.zeros(len(labels), bool)
     cloud = np.where(has_soft, np.nan_to_num(kept.soft).argmax(axis=1) if kept.soft.size else -1, -1)

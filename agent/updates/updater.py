@@ -43,11 +43,9 @@ from agent.updates.install import (
 from agent.updates.outcomes import Outcomes
 from agent.updates.release import (
     Release,
-    artifact_topic,
     check_manifest_signature,
     check_release_signature,
     parse_release,
-    release_topic,
 )
 from agent.updates.shadow import NotJudged, Verdict, evaluate, recent_traffic
 
@@ -114,7 +112,7 @@ class Updater:
                 log.info("task %s follows no releases: its model is %s", task,
                          "a local file" if spec.name is None else f"pinned to v{spec.version}")
                 continue
-            topic = release_topic(self.host.topics, task, self.config.group)
+            topic = self.host.topics.release(task, self.config.group)
             self._topics.append(topic)
             connection.subscribe(topic, partial(self._on_release, task))
         self._thread.start()
@@ -282,7 +280,7 @@ class Updater:
     def _fetch(self, m: Manifest) -> bytes:
         """The model file from its retained artifact topic (``stage`` checks it against the manifest)."""
         assert self.connection is not None
-        wait = ArtifactWait(artifact_topic(self.host.topics, m.task, m.name, m.version))
+        wait = ArtifactWait(self.host.topics.artifact(m.task, m.name, m.version))
         with self._cond:
             if self._stopping:
                 raise Deferred("the agent is stopping")

@@ -38,7 +38,6 @@ from agent.mqtt_client import connect, new_client
 from agent.offload import OFFLINE, ONLINE
 from agent.protocol import Topics
 from agent.protocol.properties import WireProperties
-from agent.protocol.topics import check_segment
 from cloud.devices import DeviceListener
 from cloud.registry import Registry, open_registry
 from cloud.serving.reports import ModelKey, WorkerReports, cloud_status, live_metrics
@@ -66,8 +65,7 @@ class Coordinator:
         self.status_interval_s = status_interval_s
         self.status_expiry_s = math.ceil(STATUS_LIFETIMES * status_interval_s)
         self.metrics_every = metrics_every
-        self.presence_topic = (f"{self.topics.prefix}/cloud/coordinators/"
-                               f"{check_segment(template.worker_id, 'coordinator id')}")
+        self.presence_topic = self.topics.coordinator_presence(template.worker_id)
         self._count = workers
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[Any] = []
@@ -100,7 +98,7 @@ class Coordinator:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:  # after every (re)connect
-            client.subscribe(f"{self.topics.prefix}/cloud/workers/+", qos=0)
+            client.subscribe(self.topics.worker_reports, qos=0)
             client.publish(self.presence_topic, ONLINE, qos=1, retain=True)
 
     def _on_report(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -129,7 +129,7 @@ class Worker:
 
     @property
     def status_topic(self) -> str:
-        return f"{self.settings.topic_prefix}/cloud/workers/{self.settings.worker_id}"
+        return self.topics.worker_report(self.settings.worker_id)
 
     def status(self) -> dict[str, Any]:
         return self.stats.report(self.settings.worker_id, self.models, self.queue.depths(), self.queue.max_depth)
