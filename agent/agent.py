@@ -104,13 +104,8 @@ class Agent:
     def broker_settings(profile: Profile) -> BrokerSettings:
         """Broker settings from the profile, with the password resolved from its reference."""
         b = profile.broker
-        tls = None
-        if b.tls is not None:  # a tls section means TLS, with the system's CAs unless one is named
-
-            def path(p: str | None) -> Path | None:
-                return profile.resolve_path(p) if p else None
-
-            tls = TlsFiles(path(b.tls.ca_file), path(b.tls.cert_file), path(b.tls.key_file), b.tls.insecure)
+        # a tls section means TLS, with the system's CAs unless one is named
+        tls = None if b.tls is None else TlsFiles.from_config(b.tls, profile.resolve_path)
         return BrokerSettings(b.host, b.port, tls, b.username, resolve_password(profile), b.keepalive_s)
 
     # -- lifecycle -------------------------------------------------------------------------

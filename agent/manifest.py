@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     recipe: dict[str, Any] | None = None
     temperature: float = Field(1.0, gt=0, description="Calibration temperature: softmax(logits / T)")
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
 
     @field_validator("file")

@@ -13,7 +13,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -21,6 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.protocol import properties as wire_properties
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agent.profile.connectivity import TlsConfig
 
 
 class BrokerConnectError(Exception):
@@ -35,6 +40,15 @@ class TlsFiles:
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False  # skip the host name check (test rigs only)
+
+    @classmethod
+    def from_config(cls, tls: TlsConfig, resolve_path: Callable[[str], Path]) -> TlsFiles:
+        """A profile's or serve config's ``tls`` section, its paths resolved by the file's own rule."""
+
+        def path(p: str | None) -> Path | None:
+            return resolve_path(p) if p else None
+
+        return cls(path(tls.ca_file), path(tls.cert_file), path(tls.key_file), tls.insecure)
 
 
 @dataclass(frozen=True)
@@ -134,3 +148,37 @@ def connect(
         client.disconnect()
         why = "no CONNACK within %.1f s" % timeout if reason is None else f"refused: {reason}"
         raise BrokerConnectError(f"MQTT broker at {host}:{port} {why}")
+
+
+class Subscriptions:
+    """Filters a client subscribes to on every (re)connect, and the broker's verdict on the first time.
+
+    Messages that are not retained (heartbeats) sent before the SUBACK are missed, and an ACL may
+    refuse a filter while the connection itself is accepted: ``confirm`` waits for the SUBACK and
+    raises on a refusal instead of listening to nothing.
+    """
+
+    def __init__(self, client: mqtt.Client, filters: list[tuple[str, int]]) -> None:
+        self.filters = filters
+        self._answered = threading.Event()
+        self._refused: ReasonCode | None = None
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+
+    def confirm(self, host: str, port: int, timeout: float, hint: str = "") -> None:
+        """Return once the broker granted every filter; BrokerConnectError (with ``hint``) otherwise."""
+        names = ", ".join(topic for topic, _ in self.filters)
+        if not self._answered.wait(timeout):
+            raise BrokerConnectError(f"MQTT broker at {host}:{port} did not confirm the subscription to {names}"
+                                     f" within {timeout:g} s")
+        if self._refused is not None:
+            raise BrokerConnectError(f"MQTT broker at {host}:{port} refused the subscription to {names}:"
+                                     f" {self._refused}{'; ' + hint if hint else ''}")
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.filters)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _props: Any) -> None:
+        self._refused = next((r for r in reasons if r.is_failure), None)
+        self._answered.set()

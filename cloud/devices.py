@@ -24,12 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.exit_codes import ExitCode
-from agent.mqtt_client import (
-    BrokerConnectError,
-    TlsFiles,
-    connect,
-    new_client,
-)
+from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
 from agent.offload import OFFLINE, ONLINE
 from agent.protocol import DEFAULT_PREFIX, Topics
 from cloud.broker_options import add_broker_options, broker_connection, client_id
@@ -53,9 +48,7 @@ class DeviceListener:
         self.heartbeat_filter = self.topics.device_heartbeat_filter
         self.status_filter = self.topics.device_status_filter
         self._client = new_client(client_id, tls=tls, username=username, password=password)
-        self._client.on_connect = self._on_connect  # subscribes again after every reconnect
-        self._subscribed = threading.Event()
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._subscriptions = Subscriptions(self._client, [(self.heartbeat_filter, 0), (self.status_filter, 1)])
         self._client.message_callback_add(self.heartbeat_filter, self._on_heartbeat)
         self._client.message_callback_add(self.status_filter, self._on_status)
 
@@ -63,10 +56,12 @@ class DeviceListener:
         """Connect and listen in paho's thread, returning once the broker confirmed the subscriptions
         (heartbeats are not retained: one sent before that would be missed); BrokerConnectError otherwise."""
         connect(self._client, self.host, self.port)
-        if not self._subscribed.wait(timeout):
+        try:
+            self._subscriptions.confirm(self.host, self.port, timeout,
+                                        "its user needs read access to the devices' status and heartbeats")
+        except BrokerConnectError:
             self.stop()
-            raise BrokerConnectError(f"MQTT broker at {self.host}:{self.port} did not confirm the device"
-                                     f" subscriptions within {timeout:.0f} s")
+            raise
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -78,10 +73,6 @@ class DeviceListener:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe([(self.heartbeat_filter, 0), (self.status_filter, 1)])
 
     def _on_heartbeat(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         device_id = self.topics.device_of(msg.topic) or ""  # the filters only match device topics

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from agent.protocol.topics import check_segment
 from agent.validation_errors import describe
-
-if TYPE_CHECKING:  # the registry package loads database drivers; serving imports only the names below
-    from cloud.registry.base import Registry
+from cloud.registry.base import Registry
 
 log = logging.getLogger(__name__)
 FEEDBACK_ACCURACY = "feedback_accuracy"
@@ -101,7 +99,8 @@ def record_feedback(registry: Registry, device_id: str, heartbeat: dict[str, Any
         return
     totals = registry.record_feedback(device_id, report.session, report.counts)
     for (task, name, version), (n, correct) in totals.items():
-        if registry.model(task, name, version) is None:  # devices do not create models; counts wait for it
+        try:
+            registry.update_model_metrics(task, name, version, {FEEDBACK_ACCURACY: correct / n,
+                                                                FEEDBACK_N: n})
+        except KeyError:  # a version the cloud never registered: devices do not create models, counts wait
             continue
-        registry.update_model_metrics(task, name, version, {FEEDBACK_ACCURACY: correct / n if n else 0.0,
-                                                            FEEDBACK_N: n})

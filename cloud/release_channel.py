@@ -6,13 +6,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.model_store import StoredModel
-from agent.mqtt_client import TlsFiles, connect, new_client
+from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
 from agent.protocol import Topics
 from agent.updates import Release
 from cloud.broker_options import client_id as unique_client_id
@@ -36,27 +36,21 @@ class ReleaseChannel:
         self._heartbeat_filter = topics.device_heartbeat_filter
         self._heartbeats: Heartbeats = {}
         self._changed = threading.Condition()
-        self._subscribed = threading.Event()
-        self._subscribe_refused: ReasonCode | None = None
         self._acks: dict[int, ReasonCode] = {}
         self._client = new_client(client_id or unique_client_id("fedge-rollout"), tls=tls, username=username,
                                   password=password)
         self._client.message_callback_add(self._heartbeat_filter, self._on_heartbeat)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
+        self._subscriptions = Subscriptions(self._client, [(self._heartbeat_filter, 0)])
         self._client.on_publish = self._on_publish
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ReleaseChannel:
         connect(self._client, self.host, self.port)
-        if not self._subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+        try:
+            self._subscriptions.confirm(self.host, self.port, SUBSCRIBE_TIMEOUT_S, "its user needs read access to"
+                                        " the devices' heartbeats (fedge-cloud acl's coordinator)")
+        except BrokerConnectError:
             self.__exit__()
-            raise ConnectionError(f"the broker at {self.host}:{self.port} did not confirm the subscription to"
-                                  f" {self._heartbeat_filter} within {SUBSCRIBE_TIMEOUT_S:g} s")
-        if self._subscribe_refused is not None:
-            self.__exit__()
-            raise ConnectionError(f"the broker at {self.host}:{self.port} refused the subscription to"
-                                  f" {self._heartbeat_filter}: {self._subscribe_refused}; its user needs read access"
-                                  " to the devices' heartbeats (fedge-cloud acl's coordinator)")
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -104,14 +98,6 @@ class ReleaseChannel:
         if reason is not None and reason.is_failure:
             raise ConnectionError(f"the broker at {self.host}:{self.port} refused {topic}: {reason}; its user"
                                   f" needs write access to {self.topics.prefix}/models/# (fedge-cloud acl's coordinator)")
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe(self._heartbeat_filter, qos=0)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _props: Any) -> None:
-        self._subscribe_refused = next((r for r in reasons if r.is_failure), None)
-        self._subscribed.set()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _props: Any) -> None:
         self._acks[mid] = reason

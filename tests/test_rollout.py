@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ def test_only_an_outcome_of_this_release_judges_the_canary(cloud: CloudSide) -> 
     issued = release.issued_at
     this = {"version": 2, "state": "active", "reason": "passed", "action": "install", "issued_at": issued.isoformat()}
     refused = {**this, "state": "rejected", "reason": "the gate needs 80%"}
-    older = {**refused, "issued_at": datetime(2020, 1, 1, tzinfo=UTC).isoformat()}
+    older = {**refused, "issued_at": datetime(2020, 1, 1, tzinfo=timezone.utc).isoformat()}
     unverified = {"last_unverified": {TASK: {"reason": "release is not signed"}}}
 
     def verdict(outcome: Any, **more: Any) -> tuple[bool, str] | None:

@@ -16,7 +16,6 @@ from paho.mqtt.properties import Properties
 from agent.protocol import oip, tensors
 from agent.protocol.errors import ErrorCode, ProtocolError
 from agent.protocol.limits import DEFAULT_LIMITS, Limits
-from agent.protocol.properties import WireProperties
 from agent.protocol.messages import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
@@ -27,6 +26,7 @@ from agent.protocol.messages import (
     InferRequest,
     Source,
 )
+from agent.protocol.properties import WireProperties
 
 CONTENT_TYPE_TENSORS = "application/x-fedge-tensors"
 CONTENT_TYPE_JSON = "application/json"

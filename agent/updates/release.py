@@ -11,7 +11,7 @@ so an old one replayed is recognised and ignored.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,7 +38,7 @@ class Release(BaseModel):
     group: str = Field(description="Device group the release is for (the profile's updates.group)")
     devices: list[str] | None = Field(None, description="Canary: only these devices of the group; None: all")
     manifest: Manifest
-    issued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    issued_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
 
     def signed_bytes(self) -> bytes:

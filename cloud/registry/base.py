@@ -131,10 +131,11 @@ class Registry(ABC):
     def close(self) -> None:
         """Release the connection."""
 
-    # -- built on the methods above ---------------------------------------------------
+    @abstractmethod
     def model(self, task: str, name: str, version: int) -> ModelRecord | None:
         """One version, or None."""
-        return next((m for m in self.models(task) if m.name == name and m.version == version), None)
+
+    # -- built on the methods above ---------------------------------------------------
 
     def rollback(self, task: str, name: str, to: int | None = None) -> int:
         """Make ``to`` ACTIVE again (default: the latest version older than the active one that was active); return it.

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from cloud.registry.base import Registry
-from cloud.registry.postgres import PostgresRegistry
 from cloud.registry.sqlite import SqliteRegistry
 
 DEFAULT_REGISTRY = Path("var/registry.db")
@@ -42,7 +41,11 @@ def open_registry(url: str | Path | None = None) -> Registry:
     """
     url = default_registry() if url is None else url
     path = sqlite_path(url)
-    return SqliteRegistry(path) if path is not None else PostgresRegistry(str(url))
+    if path is not None:
+        return SqliteRegistry(path)
+    from cloud.registry.postgres import PostgresRegistry  # psycopg: loaded only by deployments that use it
+
+    return PostgresRegistry(str(url))
 
 
 def existing_registry(url: str | Path | None = None) -> Registry | None:

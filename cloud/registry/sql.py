@@ -175,6 +175,10 @@ class SqlRegistry(Registry):
     def active(self, task: str) -> list[ModelRecord]:
         return self._model_rows("WHERE task = ? AND state = 'active'", (task,))
 
+    def model(self, task: str, name: str, version: int) -> ModelRecord | None:
+        found = self._model_rows("WHERE task = ? AND name = ? AND version = ?", (task, name, version))
+        return found[0] if found else None
+
     @reconnecting
     def _model_rows(self, where: str, params: Sequence[Any]) -> list[ModelRecord]:
         with self._tx(write=False) as cur:

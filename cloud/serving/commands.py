@@ -90,10 +90,7 @@ def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[Worke
     """Worker settings, and the coordinator's username and password; raises ValueError or ProfileError."""
     b, w = config.broker, config.workers
     host, port = b.host, b.port
-    tls = None
-    if b.tls is not None:
-        tls = TlsFiles(*(config.resolve_path(p) if p else None for p in (b.tls.ca_file, b.tls.cert_file,
-                                                                        b.tls.key_file)), b.tls.insecure)
+    tls = None if b.tls is None else TlsFiles.from_config(b.tls, config.resolve_path)
     if args.broker is not None:
         address = BrokerAddress.parse(args.broker)
         host, port = address.host, address.port

@@ -43,6 +43,7 @@ from agent.protocol import (
     encode_reply,
     reply_topic,
 )
+from cloud.registry import open_registry
 from cloud.serving.scheduler import Job, JobQueue
 from cloud.serving.selection import UnknownModel, choose
 from cloud.serving.served import ActiveVersions, ServedModel, load_served
@@ -82,8 +83,6 @@ def registry_at(url: str | None) -> Iterator[ActiveVersions | None]:
     if url is None:
         yield None
         return
-    from cloud.registry import open_registry  # only deployments with a registry need its drivers
-
     with open_registry(url) as registry:
         yield registry
 
