@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -271,7 +270,7 @@ class Agent:
             return None
         try:
             answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
+        except TimeoutError:
             self.offload.forget(correlation)
             log.info("cloud did not answer %s within its deadline; answering locally", request.request_id)
             return None
@@ -306,19 +305,16 @@ class Agent:
                           degraded, timings)
 
     def _pressure(self, task: _Task) -> Pressure:
-        status = self.offload.cloud_status if self.offload else None
-        return Pressure(
-            queue_depth=task.model.batcher.depth,
-            estimated_wait_ms=task.model.batcher.estimated_wait_ms(),
-            inflight=self.offload.inflight if self.offload else 0,
-            broker_connected=self.offload.connected if self.offload else False,
-            cloud_available=status is not None and not status.overloaded,
-        )
+        depth, wait_ms = task.model.batcher.load()
+        offload = self.offload
+        if offload is None:
+            return Pressure(depth, wait_ms, 0, False, False)
+        status = offload.cloud_status
+        return Pressure(depth, wait_ms, offload.inflight, offload.connected, status is not None and not status.overloaded)
 
     def _count(self, task: str, reply: InferReply, started: float) -> None:
         source = reply.source.value
-        self.metrics.answered(task, source, "degraded" if reply.degraded else source, reply.degraded,
-                              time.monotonic() - started)
+        self.metrics.answers.add(task, source, "degraded" if reply.degraded else source, time.monotonic() - started)
 
     # -- what the HTTP API needs -----------------------------------------------------------
     def model_metadata(self, name: str) -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from agent.latch import Latch
+
 
 class QueueFull(Exception):
     """The local queue is at its depth limit."""
@@ -37,21 +39,16 @@ class Ran(NamedTuple):
     run_s: float
 
 
-class Pending:
-    """A queued request's result: a one-shot latch, not a ``concurrent.futures.Future``.
+class Pending(Latch[np.ndarray]):
+    """A queued request's result, and whether its caller still wants it.
 
-    The worker wakes every caller of a batch; a raw lock release is the cheapest wake-up
-    CPython has, where a Future's condition costs a Python-level notify per caller.
     ``run_started`` (perf_counter) splits the caller's wait from the model's run.
     """
 
-    __slots__ = ("_latch", "_value", "_error", "_state", "run_started")
+    __slots__ = ("_state", "run_started")
 
     def __init__(self) -> None:
-        self._latch = threading.Lock()
-        self._latch.acquire()
-        self._value: np.ndarray | None = None
-        self._error: BaseException | None = None
+        super().__init__()
         self._state = "queued"  # -> running | cancelled
         self.run_started: float | None = None
 
@@ -67,24 +64,6 @@ class Pending:
         if self._state == "queued":
             self._state = "cancelled"
         return self._state == "cancelled"
-
-    def set_result(self, value: np.ndarray) -> None:
-        self._value = value
-        self._latch.release()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._latch.release()
-
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        """The rows, the run's exception, or TimeoutError after ``timeout`` seconds."""
-        if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError("no result within the timeout")
-        self._latch.release()  # stays readable for a second look
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
 
 
 @dataclass(order=True)
@@ -106,7 +85,9 @@ class MicroBatcher:
         self.max_queue_depth = max_queue_depth
         self._heap: list[_Item] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition()
+        # Hot paths take the plain lock (no Python-level Condition.__enter__); waits use the condition on it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._closing = False
         self._service_ms_per_row = 0.0
         self._queued_rows = 0  # rows in the heap, kept as a count so nobody sums the heap under the lock
@@ -119,24 +100,23 @@ class MicroBatcher:
     @property
     def busy(self) -> bool:
         """A batch (or a lone caller's inline run) is on the model right now."""
-        with self._cond:
+        with self._lock:
             return self._busy
 
     @property
     def depth(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._heap)
 
-    def estimated_wait_ms(self) -> float:
-        """How long a new request would wait: queued rows times the recent per-row service time."""
-        with self._cond:
-            rows = self._queued_rows
-        return rows * self._service_ms_per_row
+    def load(self) -> tuple[int, float]:
+        """Queued requests and how long a new one would wait (queued rows times the recent per-row time), in ms."""
+        with self._lock:
+            return len(self._heap), self._queued_rows * self._service_ms_per_row
 
     def submit(self, x: np.ndarray, priority: int = 5) -> Pending:
         """Queue ``x`` ([rows, ...]) for the worker; raises QueueFull or BatcherClosed instead of blocking."""
         future = Pending()
-        with self._cond:
+        with self._lock:
             self._enqueue(x, priority, future)
         return future
 
@@ -147,7 +127,7 @@ class MicroBatcher:
         hand-off to the worker and no future for a lone request, which is most requests on
         a device.
         """
-        with self._cond:
+        with self._lock:
             inline = not self._busy and not self._heap and self._last_batch_rows <= 1
             if inline:
                 if self._closing:
@@ -264,7 +244,7 @@ class MicroBatcher:
     def _finished(self, rows: int, started: float) -> None:
         """Free the model after a run of ``rows`` rows that began at ``started`` (perf_counter)."""
         elapsed_ms = (time.perf_counter() - started) * 1000
-        with self._cond:
+        with self._lock:
             self._busy = False
             self._last_batch_rows = rows
             self._service_ms_per_row = 0.8 * self._service_ms_per_row + 0.2 * (elapsed_ms / max(rows, 1))

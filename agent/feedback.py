@@ -21,8 +21,6 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-
 from agent.protocol import InferReply, Source
 
 DEFAULT_CAPACITY = 4096
@@ -48,7 +46,7 @@ class FeedbackTally:
         probs = next(iter(reply.outputs.values()))
         if probs.ndim != 2 or len(probs) != 1:  # one label cannot judge several rows
             return
-        predicted, classes = int(np.argmax(probs[0])), probs.shape[1]
+        predicted, classes = int(probs.argmax()), probs.shape[1]  # one row: the flat argmax is its class
         with self._lock:
             self._answers[reply.request_id] = (task, reply.model_name, reply.model_version, predicted, classes)
             if len(self._answers) > self.capacity:

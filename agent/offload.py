@@ -1,7 +1,7 @@
 """The agent's one persistent MQTT v5 connection to the cloud, and its in-flight table.
 
 ``submit`` publishes a request (QoS 1, Response Topic, Correlation Data,
-Message Expiry = the time left) and returns a future; the reply resolves it.
+Message Expiry = the time left) and returns a latch; the reply sets it.
 A lost connection fails every in-flight future at once, so callers fall back
 to their local answer immediately instead of waiting out their deadline;
 paho reconnects by itself with capped exponential backoff, and offloading
@@ -10,20 +10,21 @@ resumes when the broker is back.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.latch import Latch
 from agent.mqtt_client import TlsFiles, new_client
 from agent.protocol import (
     ErrorReply,
@@ -92,7 +93,10 @@ class OffloadClient:
         self.max_inflight = max_inflight
         self.reply_topic = topics.device_reply(device_id)
         self._status_topic = topics.device_status(device_id)
-        self._inflight: dict[bytes, Future[InferReply | ErrorReply]] = {}
+        self._inflight: dict[bytes, Latch[InferReply | ErrorReply]] = {}
+        # Correlation ids: a random prefix per client, so a reply meant for an earlier run never matches, then a count.
+        self._correlation_prefix = secrets.token_bytes(8)
+        self._sequence = itertools.count()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
@@ -138,7 +142,10 @@ class OffloadClient:
         if reason.is_failure:
             log.warning("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
             return
-        client.subscribe(self.reply_topic, qos=1)
+        # Replies at QoS 0: a reply is only of use on this connection (a lost connection fails every
+        # in-flight request at once, so a redelivered reply could never be matched), and QoS 1 would
+        # cost a PUBACK on the agent's network thread between the reply and the waiting caller.
+        client.subscribe(self.reply_topic, qos=0)
         client.subscribe(self.topics.cloud_status, qos=1)
         with self._subscriptions:
             for topic in sorted(self._handled):
@@ -181,12 +188,12 @@ class OffloadClient:
         self._cloud_status = CloudStatus(doc, expires_at) if isinstance(doc, dict) else None
 
     # -- requests --------------------------------------------------------------------------
-    def submit(self, request: InferRequest) -> tuple[bytes, Future[InferReply | ErrorReply]]:
-        """Publish a request; returns its correlation id and a future for the reply."""
+    def submit(self, request: InferRequest) -> tuple[bytes, Latch[InferReply | ErrorReply]]:
+        """Publish a request; returns its correlation id and the latch the reply will set."""
         if not self._connected.is_set():
             raise OffloadUnavailable("not connected to the broker")
-        correlation = uuid.uuid4().bytes
-        future: Future[InferReply | ErrorReply] = Future()
+        correlation = self._correlation_prefix + next(self._sequence).to_bytes(8, "big")
+        future: Latch[InferReply | ErrorReply] = Latch()
         with self._lock:
             if len(self._inflight) >= self.max_inflight:
                 raise OffloadUnavailable(f"{self.max_inflight} offloads already in flight")
@@ -205,8 +212,7 @@ class OffloadClient:
 
     @property
     def inflight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        return len(self._inflight)  # one read of a dict's size needs no lock
 
     @property
     def cloud_status(self) -> CloudStatus | None:

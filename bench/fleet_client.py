@@ -26,14 +26,14 @@ import threading
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from agent.offload import BrokerSettings, OffloadClient, OffloadUnavailable
-from agent.protocol import ErrorReply, InferReply, InferRequest, Topics
+from agent.latch import Latch
+from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
+from agent.protocol import ErrorReply, InferReply, InferRequest, ProtocolError, Topics
 
 GRACE_S = 2.0  # after a request's deadline, how long before an unanswered request counts as lost
 NOT_SENT, CONNECTION_LOST = "not_sent", "connection_lost"  # outcomes without an answer from the cloud
@@ -148,15 +148,17 @@ class _Agent:
             return
         future.add_done_callback(lambda f: self._done(f, request.request_id, started, measured))
 
-    def _done(self, future: Future[InferReply | ErrorReply], request_id: str, started: float, measured: bool) -> None:
+    def _done(self, latch: Latch[InferReply | ErrorReply], request_id: str, started: float, measured: bool) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.recorder.answered()
         if measured:
-            error = future.exception()
-            if error is not None:
+            try:
+                reply = latch.result(timeout=0)
+            except ConnectionLost:
                 outcome = CONNECTION_LOST
+            except ProtocolError as exc:  # a reply that could not be decoded
+                outcome = exc.code.value
             else:
-                reply = future.result()
                 outcome = "ok" if isinstance(reply, InferReply) else reply.code.value
                 outcome = outcome if reply.request_id == request_id else "mismatched"
             self.recorder.outcome(outcome, elapsed_ms)

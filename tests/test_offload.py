@@ -6,7 +6,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 import pytest
@@ -77,7 +76,7 @@ def test_inflight_limit_and_silent_cloud(broker: Mosquitto) -> None:
             agent.submit(request())
             with pytest.raises(OffloadUnavailable, match="2 offloads already in flight"):
                 agent.submit(request())
-            with pytest.raises(FutureTimeout):
+            with pytest.raises(TimeoutError):
                 first.result(timeout=0.3)
         finally:
             agent.stop()

@@ -239,3 +239,43 @@ def test_topics() -> None:
             topics.device_status(bad)
     with pytest.raises(ValueError):
         Topics("fedge/#")
+
+
+def test_first_occurrence_of_a_user_property_wins_and_tensors_keep_their_order() -> None:
+    a, b = np.arange(3, dtype=np.int8), np.arange(2, dtype=np.float32)
+    pairs = [("fedge-priority", "3"), ("fedge-tensor", "a;int8;3"), ("fedge-priority", "7"), ("fedge-model", "m1"),
+             ("fedge-tensor", "b;float32;2"), ("fedge-model", "m2")]
+    request = decode_request("t", a.tobytes() + b.tobytes(), props_with(CONTENT_TYPE_TENSORS, pairs))
+    assert (request.priority, request.model, list(request.inputs)) == (3, "m1", ["a", "b"])
+    assert same(request.inputs["a"], a) and same(request.inputs["b"], b)
+    with pytest.raises(ValueError):  # arrays are read-only views of the payload
+        request.inputs["a"][0] = 1
+    reply_pairs = [("fedge-status", "ok"), ("fedge-source", "edge"), ("fedge-tensor", "p;int8;3"),
+                   ("fedge-source", "bogus"), ("fedge-status", "bad_request")]
+    reply = decode_reply(a.tobytes(), props_with(CONTENT_TYPE_TENSORS, reply_pairs))
+    assert isinstance(reply, InferReply) and reply.source is Source.EDGE and same(reply.outputs["p"], a)
+
+
+def test_a_header_seen_before_is_still_checked_against_the_limits_in_force() -> None:
+    props = props_with(CONTENT_TYPE_TENSORS, [("fedge-tensor", "input;float32;2,3,4")])
+    payload = bytes(96)
+    assert decode_request("t", payload, props).tensor.shape == (2, 3, 4)
+    for limits, words in ((Limits(max_dims=2), "3 dimensions"), (Limits(max_elements=10), "more than 10 elements")):
+        with pytest.raises(ProtocolError, match=words):
+            decode_request("t", payload, props, limits)
+    assert decode_request("t", payload, props).tensor.shape == (2, 3, 4)
+
+
+def test_ever_new_or_huge_tensor_headers_do_not_grow_memory() -> None:
+    """Headers are remembered once parsed, but a client inventing new or huge ones cannot make that grow."""
+    names = [f"{i:04d}" + "n" * 200 for i in range(1500)] + [f"{i:04d}" + "h" * 20_000 for i in range(300)]
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for name in names:
+            props = props_with(CONTENT_TYPE_TENSORS, [("fedge-tensor", f"{name};float32;1")])
+            assert decode_request("t", bytes(4), props).inputs.keys() == {name}
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 1 << 20

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -125,3 +126,34 @@ def test_paho_decodes_received_messages_with_it(tmp_path: Path) -> None:
     assert isinstance(received, WireProperties)
     assert attributes(received) == {"ContentType": "application/x-test", "CorrelationData": b"\x00\x01",
                                     "UserProperty": [("k", "v"), ("k", "w")]}
+
+
+def _user(key: bytes, value: bytes) -> bytes:
+    return b"\x26" + len(key).to_bytes(2, "big") + key + len(value).to_bytes(2, "big") + value
+
+
+def test_user_properties_around_other_properties_keep_their_order() -> None:
+    """Runs of user properties broken by another property, and a two-byte identifier, read as paho reads them."""
+    body = _user(b"a", b"1") + _user(b"b", b"2") + b"\x03\x00\x01x" + _user(b"a", b"3") + b"\xa6\x00" + _user(b"c", b"")[1:]
+    packed = bytes([len(body)]) + body + b"payload"
+    theirs, their_length = Properties(PacketTypes.PUBLISH).unpack(packed)
+    ours, our_length = WireProperties().unpack(packed)
+    assert attributes(ours) == attributes(theirs) == {
+        "ContentType": "x", "UserProperty": [("a", "1"), ("b", "2"), ("a", "3"), ("c", "")]}
+    assert our_length == their_length == len(body) + 1
+
+
+@pytest.mark.parametrize("body", [
+    b"\x26\x00\x05ab",  # key longer than the properties
+    b"\x26\x00\x01k\x00",  # value length cut short
+    b"\x26\x00\x01k\x00\x03v",  # value longer than the properties
+    b"\x26\x00\x01k\x00\x01v\x26",  # a second pair that never starts
+    b"\x26\x00\x01\x00\x00\x01v",  # NUL in the key
+    b"\x26\x00\x01k\x00\x03\xef\xbb\xbf",  # U+FEFF in the value
+])
+def test_broken_user_properties_are_malformed_packets(body: bytes) -> None:
+    packed = bytes([len(body)]) + body
+    with pytest.raises(MalformedPacket):
+        Properties(PacketTypes.PUBLISH).unpack(packed)
+    with pytest.raises(MalformedPacket):
+        WireProperties().unpack(packed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 HIGH_PRIORITY = 7  # at or above: offload even when the cloud says it is overloaded
 
@@ -25,9 +26,8 @@ class Reason(str, Enum):
     INFLIGHT_FULL = "inflight_full"
 
 
-@dataclass(frozen=True)
-class Pressure:
-    """The load picture at decision time."""
+class Pressure(NamedTuple):
+    """The load picture at decision time (a tuple: it is built for every request)."""
 
     queue_depth: int
     estimated_wait_ms: float

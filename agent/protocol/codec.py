@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from typing import Any
 
 from paho.mqtt.properties import Properties
@@ -44,15 +43,23 @@ STATUS_OK = "ok"
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
 
-def _user_properties(props: Properties | None, limits: Limits) -> list[tuple[str, str]]:
+def _user_properties(props: Properties | None, limits: Limits) -> tuple[dict[str, str], list[str]]:
+    """The first value of each user property key and the tensor headers in order, in one pass over the pairs.
+
+    One dict instead of a scan of the pairs per key looked up; the first occurrence of a key wins.
+    """
     pairs = list(getattr(props, "UserProperty", []) or []) if props is not None else []
     if len(pairs) > limits.max_user_properties:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(pairs)} user properties; at most {limits.max_user_properties}")
-    return [(str(k), str(v)) for k, v in pairs]
-
-
-def _first(pairs: Iterable[tuple[str, str]], key: str) -> str | None:
-    return next((v for k, v in pairs if k == key), None)
+    first: dict[str, str] = {}
+    headers: list[str] = []
+    for key, value in pairs:
+        key, value = str(key), str(value)
+        if key == tensors.TENSOR_PROPERTY:
+            headers.append(value)
+        elif key not in first:
+            first[key] = value
+    return first, headers
 
 
 def body_kind(props: Properties | None) -> BodyKind:
@@ -123,16 +130,15 @@ def decode_request(
             ErrorCode.BAD_REQUEST,
             f"content type {str(content_type)[:60]!r} is not served; use {CONTENT_TYPE_TENSORS} or {CONTENT_TYPE_JSON}",
         )
-    pairs = _user_properties(props, limits)
+    first, headers = _user_properties(props, limits)
     if body_kind(props) is BodyKind.RAW:
-        headers = [v for k, v in pairs if k == tensors.TENSOR_PROPERTY]
         inputs = tensors.decode(headers, payload, limits)
         params = {
-            "id": _first(pairs, P_REQUEST_ID),
-            "priority": _first(pairs, P_PRIORITY) or PRIORITY_DEFAULT,
-            "timeout_ms": _first(pairs, P_TIMEOUT),
-            "model": _first(pairs, P_MODEL),
-            "fusion": _first(pairs, P_FUSION),
+            "id": first.get(P_REQUEST_ID),
+            "priority": first.get(P_PRIORITY) or PRIORITY_DEFAULT,
+            "timeout_ms": first.get(P_TIMEOUT),
+            "model": first.get(P_MODEL),
+            "fusion": first.get(P_FUSION),
         }
         return _request_from_params(task, inputs, params, BodyKind.RAW)
     doc = oip.parse_body(payload, limits)
@@ -189,7 +195,7 @@ def encode_request(
 
 
 def _reply_pairs(reply: InferReply) -> list[tuple[str, str]]:
-    timing = ";".join(f"{k}={v:.3f}" for k, v in reply.timings_ms.items())
+    timing = ";".join([f"{k}={v:.3f}" for k, v in reply.timings_ms.items()])
     pairs = [
         (P_STATUS, STATUS_OK),
         (P_REQUEST_ID, reply.request_id),
@@ -233,7 +239,14 @@ def _timings(text: str | None) -> dict[str, float]:
     return timings
 
 
+_SOURCES = {source.value: source for source in Source}
+
+
 def _source(value: object) -> Source:
+    """The reply's source; a dict lookup first, since the enum call costs ten times more on every reply."""
+    known = _SOURCES.get(value) if isinstance(value, str) else None
+    if known is not None:
+        return known
     try:
         return Source(value)
     except ValueError:
@@ -254,18 +267,17 @@ def decode_reply(
     """Decode a reply (outputs or error); raises only ``ProtocolError``."""
     if len(payload) > limits.max_payload_bytes:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"reply of {len(payload)} bytes is over the limit")
-    pairs = _user_properties(props, limits)
-    status = _first(pairs, P_STATUS)
+    first, headers = _user_properties(props, limits)
+    status = first.get(P_STATUS)
     if body_kind(props) is BodyKind.RAW and status == STATUS_OK:
-        outputs = tensors.decode([v for k, v in pairs if k == tensors.TENSOR_PROPERTY], payload, limits)
         return InferReply(
-            outputs=outputs,
-            model_name=_first(pairs, P_MODEL) or "",
-            model_version=_first(pairs, P_MODEL_VERSION) or "",
-            request_id=_first(pairs, P_REQUEST_ID) or "",
-            source=_source(_first(pairs, P_SOURCE) or Source.CLOUD.value),
-            degraded=_first(pairs, P_DEGRADED) == "1",
-            timings_ms=_timings(_first(pairs, P_TIMING)),
+            outputs=tensors.decode(headers, payload, limits),
+            model_name=first.get(P_MODEL) or "",
+            model_version=first.get(P_MODEL_VERSION) or "",
+            request_id=first.get(P_REQUEST_ID) or "",
+            source=_source(first.get(P_SOURCE) or Source.CLOUD.value),
+            degraded=first.get(P_DEGRADED) == "1",
+            timings_ms=_timings(first.get(P_TIMING)),
         )
     doc = oip.parse_body(payload, limits)
     if "error" in doc:

@@ -35,6 +35,7 @@ _ALL = (
 BY_NAME = {d.name: d for d in _ALL}
 BY_OIP = {d.oip: d for d in _ALL}
 SUPPORTED = tuple(d.name for d in _ALL)
+_BY_LAYOUT = {(d.numpy.kind, d.numpy.itemsize): d for d in _ALL}  # byte order aside, each layout is one type
 
 
 def by_name(name: str) -> DType:
@@ -59,8 +60,8 @@ def by_oip(datatype: str) -> DType:
 
 
 def of_array(array: np.ndarray) -> DType:
-    """The wire dtype of a numpy array (any byte order), or raise ``unsupported_dtype``."""
-    for d in _ALL:
-        if array.dtype.kind == d.numpy.kind and array.dtype.itemsize == d.numpy.itemsize:
-            return d
+    """The wire dtype of a numpy array (any byte order), or raise ``unsupported_dtype``; one dict lookup."""
+    found = _BY_LAYOUT.get((array.dtype.kind, array.dtype.itemsize))
+    if found is not None:
+        return found
     raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"numpy dtype {array.dtype} is not supported")

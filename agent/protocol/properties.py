@@ -34,16 +34,20 @@ _NAMES = {_FORMAT: "PayloadFormatIndicator", _EXPIRY: "MessageExpiryInterval", _
           _RESPONSE_TOPIC: "ResponseTopic", _CORRELATION: "CorrelationData", _SUBSCRIPTION_ID: "SubscriptionIdentifier",
           _TOPIC_ALIAS: "TopicAlias", _USER: "UserProperty"}
 _PACKED = {"MessageExpiryInterval", "ContentType", "ResponseTopic", "CorrelationData", "UserProperty"}
+_FAST_ATTRIBUTES = frozenset(_PACKED) | frozenset(_INTERNAL)  # an instance holding only these packs without paho
+_LENGTH = struct.Struct("!H").pack  # a string's length prefix; raises struct.error past 65535, as paho's does
+_ID_AND_LENGTH = struct.Struct("!BH").pack
+_ID_AND_INT = struct.Struct("!BI").pack
 
 
 def _variable_int(value: int) -> bytes:
-    """MQTT's variable byte integer: 7 bits a byte, high bit = more to come."""
+    """MQTT's variable byte integer: 7 bits a byte, low bits first, high bit = more to come."""
     out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _read_variable_int(buffer: bytes, at: int) -> tuple[int, int]:
@@ -56,11 +60,6 @@ def _read_variable_int(buffer: bytes, at: int) -> tuple[int, int]:
             return value, at + i + 1
         shift += 7
     raise MalformedPacket("variable byte integer longer than 4 bytes")
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
 
 
 def _read_bytes(buffer: bytes, at: int, end: int) -> tuple[bytes, int]:
@@ -80,6 +79,32 @@ def _read_utf8(buffer: bytes, at: int, end: int) -> tuple[str, int]:
     return text, at
 
 
+def _read_user_properties(buffer: bytes, at: int, end: int, pairs: list[tuple[str, str]]) -> int:
+    """Append a run of back-to-back User Properties to ``pairs``; return the position after the run.
+
+    They are most of every fedge message (four to nine pairs), so both strings of a pair are read
+    inline: the checks and errors of ``_read_utf8`` in the same order, without a call per string.
+    ``at`` is just past the first pair's identifier.
+    """
+    while True:
+        strings = []
+        for _ in range(2):  # the key, then the value
+            if at + 2 > end:
+                raise MalformedPacket("not enough data to read a length")
+            start = at + 2
+            at = start + ((buffer[at] << 8) | buffer[at + 1])
+            if at > end:
+                raise MalformedPacket("length-delimited value runs past the properties")
+            text = buffer[start:at].decode()
+            if "\x00" in text or "\ufeff" in text:
+                raise MalformedPacket("null or U+FEFF in UTF-8 data")
+            strings.append(text)
+        pairs.append((strings[0], strings[1]))
+        if at >= end or buffer[at] != _USER:
+            return at
+        at += 1
+
+
 class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyped
     """paho ``Properties`` with one-pass PUBLISH packing and unpacking and shared tables."""
 
@@ -87,7 +112,7 @@ class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyp
     names = _TABLES.names
     properties = _TABLES.properties
 
-    def __init__(self, packetType: int = PacketTypes.PUBLISH) -> None:  # noqa: N803  # paho's signature
+    def __init__(self, packetType: int = PacketTypes.PUBLISH) -> None:  # paho's signature
         object.__setattr__(self, "packetType", packetType)
 
     @classmethod
@@ -107,47 +132,60 @@ class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyp
         object.__setattr__(self, name, value)
 
     def pack(self) -> bytes:
+        """PUBLISH properties fedge sets, written in paho's order in one pass; anything else goes through paho."""
         attrs = vars(self)
-        if self.packetType != PacketTypes.PUBLISH or any(n not in _PACKED for n in attrs if n not in _INTERNAL):
+        if self.packetType != PacketTypes.PUBLISH or not attrs.keys() <= _FAST_ATTRIBUTES:
             return bytes(super().pack())
         body = bytearray()
         if "MessageExpiryInterval" in attrs:
-            body += struct.pack("!BI", _EXPIRY, attrs["MessageExpiryInterval"])
-        if "ContentType" in attrs:
-            body.append(_CONTENT_TYPE)
-            body += _utf8(attrs["ContentType"])
-        if "ResponseTopic" in attrs:
-            body.append(_RESPONSE_TOPIC)
-            body += _utf8(attrs["ResponseTopic"])
+            body += _ID_AND_INT(_EXPIRY, attrs["MessageExpiryInterval"])
+        for identifier, name in ((_CONTENT_TYPE, "ContentType"), (_RESPONSE_TOPIC, "ResponseTopic")):
+            if name in attrs:
+                data = attrs[name].encode()
+                body += _ID_AND_LENGTH(identifier, len(data))
+                body += data
         if "CorrelationData" in attrs:
             data = bytes(attrs["CorrelationData"])
-            body += struct.pack("!BH", _CORRELATION, len(data)) + data
+            body += _ID_AND_LENGTH(_CORRELATION, len(data))
+            body += data
         for key, value in attrs.get("UserProperty", ()):
-            body.append(_USER)
-            body += _utf8(key) + _utf8(value)
-        return _variable_int(len(body)) + bytes(body)
+            data = key.encode()
+            body += _ID_AND_LENGTH(_USER, len(data))
+            body += data
+            data = value.encode()
+            body += _LENGTH(len(data))
+            body += data
+        return _variable_int(len(body)) + body
 
     def unpack(self, buffer: bytes) -> tuple[WireProperties, int]:
+        """Read PUBLISH properties in one pass over the bytes; other packet types go through paho.
+
+        Identifiers are one byte in practice (a longer encoding is still read); attributes are set
+        only once the whole block has parsed, so a malformed block leaves none behind.
+        """
         if self.packetType != PacketTypes.PUBLISH:
             return super().unpack(buffer)  # type: ignore[no-any-return]
-        for name in [n for n in vars(self) if n not in _INTERNAL]:
-            object.__delattr__(self, name)
+        attrs = vars(self)
+        for name in [n for n in attrs if n not in _INTERNAL]:
+            del attrs[name]
         length, at = _read_variable_int(buffer, 0)
         end = at + length
         if end > len(buffer):
             raise MalformedPacket("properties run past the packet")
         values: dict[str, Any] = {}
         while at < end:
-            identifier, at = _read_variable_int(buffer, at)
+            identifier = buffer[at]
+            if identifier & 0x80:
+                identifier, at = _read_variable_int(buffer, at)
+            else:
+                at += 1
+            if identifier == _USER:
+                at = _read_user_properties(buffer, at, end, values.setdefault("UserProperty", []))
+                continue
             name = _NAMES.get(identifier)
             if name is None:
                 raise MalformedPacket(f"property {identifier} is not allowed in PUBLISH")
             value: Any
-            if identifier == _USER:
-                key, at = _read_utf8(buffer, at, end)
-                text, at = _read_utf8(buffer, at, end)
-                values.setdefault(name, []).append((key, text))
-                continue
             if identifier == _SUBSCRIPTION_ID:
                 number, at = _read_variable_int(buffer, at)
                 values.setdefault(name, []).append(number)
@@ -173,8 +211,7 @@ class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyp
             values[name] = value
         if at != end:
             raise MalformedPacket("a property runs past the properties length")
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        attrs.update(values)
         return self, end
 
 

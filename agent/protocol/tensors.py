@@ -2,12 +2,13 @@
 
 Each tensor is one user property ``fedge-tensor = name;dtype;d0,d1,...`` (MQTT
 v5 keeps the order of repeated user properties) and the body is the tensors'
-bytes back to back in that order. Decoding is zero-copy (``numpy.frombuffer``)
+bytes back to back in that order. Decoding is zero-copy (arrays view the body)
 and every size is checked from the headers before any memory is touched.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -48,7 +49,8 @@ def element_count(shape: tuple[int, ...]) -> int:
     return count
 
 
-def _parse_header(value: str, limits: Limits) -> tuple[str, dtypes.DType, tuple[int, ...]]:
+def _parse(value: str, limits: Limits) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    """(name, wire numpy dtype, shape, size in bytes) of one ``fedge-tensor`` header, checked against ``limits``."""
     parts = value.split(";")
     if len(parts) != 3:
         raise ProtocolError(
@@ -57,28 +59,41 @@ def _parse_header(value: str, limits: Limits) -> tuple[str, dtypes.DType, tuple[
     name, dtype_name, shape_text = parts
     if not name:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{TENSOR_PROPERTY} {value[:80]!r} has an empty tensor name")
-    dtype = dtypes.by_name(dtype_name)
+    dtype = dtypes.by_name(dtype_name).numpy
     try:
-        shape = [int(d) for d in shape_text.split(",")] if shape_text else []
+        dims = [int(d) for d in shape_text.split(",")] if shape_text else []
     except ValueError:
         raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"shape {shape_text[:80]!r} is not a comma-separated list of integers") from None
-    return name, dtype, check_shape(shape, limits)
+    shape = check_shape(dims, limits)
+    return name, dtype, shape, element_count(shape) * dtype.itemsize
+
+
+# A deployment sends the same few headers on every message: parse each once. Bounded in entries and in the
+# length of a cached header, so a client sending ever-new or huge headers costs evictions, not memory.
+# A header that fails raises, and nothing is cached for it.
+_parse_cached = functools.lru_cache(maxsize=256)(_parse)
+_CACHED_HEADER_CHARS = 256
+
+
+def _parse_header(value: str, limits: Limits) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    """``_parse``, from the cache when the header is short enough to keep."""
+    return _parse_cached(value, limits) if len(value) <= _CACHED_HEADER_CHARS else _parse(value, limits)
 
 
 def header(name: str, array: np.ndarray) -> str:
     """The ``fedge-tensor`` property value describing ``array``."""
     dtype = dtypes.of_array(array)
-    return f"{name};{dtype.name};{','.join(str(d) for d in array.shape)}"
+    return f"{name};{dtype.name};{','.join(map(str, array.shape))}"
 
 
 def decode(headers: Sequence[str], body: bytes, limits: Limits) -> dict[str, np.ndarray]:
-    """Decode a raw body into named read-only arrays, checking sizes before touching the body."""
+    """Decode a raw body into named arrays viewing it (read-only for ``bytes``), checking sizes before touching it."""
     if not headers:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"a raw tensor body needs at least one {TENSOR_PROPERTY} property")
     if len(headers) > limits.max_tensors:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(headers)} tensors; at most {limits.max_tensors} are allowed")
     parsed = [_parse_header(h, limits) for h in headers]
-    expected = sum(element_count(shape) * dtype.numpy.itemsize for _, dtype, shape in parsed)
+    expected = sum(size for _, _, _, size in parsed)
     if expected != len(body):
         raise ProtocolError(
             ErrorCode.SHAPE_MISMATCH,
@@ -86,12 +101,11 @@ def decode(headers: Sequence[str], body: bytes, limits: Limits) -> dict[str, np.
         )
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for name, dtype, shape in parsed:
+    for name, dtype, shape, size in parsed:
         if name in tensors:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensor {name!r} appears twice")
-        count = element_count(shape)
-        tensors[name] = np.frombuffer(body, dtype=dtype.numpy, count=count, offset=offset).reshape(shape)
-        offset += count * dtype.numpy.itemsize
+        tensors[name] = np.ndarray(shape, dtype, body, offset)  # a view onto the body in one call (no frombuffer+reshape)
+        offset += size
     return tensors
 
 
