@@ -11,6 +11,7 @@ local answer marked ``degraded``; nothing waits past the deadline.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ from agent.protocol import (
     ProtocolError,
     Source,
     Topics,
+    dtypes,
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
@@ -218,7 +220,8 @@ class Agent:
         deadline = started + (request.timeout_ms if request.timeout_ms is not None else task.deadline_ms) / 1000
         if task.policy is None or task.limits is None:  # local only: no load picture needed
             probs, timings = self._run_local(task, request, x, deadline)
-            return self._local_reply(task, request, probs, timings, degraded=False)
+            finite = bool(np.isfinite(probs).all())
+            return self._local_reply(task, request, probs, timings, degraded=False, finite=finite)
         pressure = self._pressure(task)
         if over_capacity(task.limits, pressure) and may_offload(task.limits, pressure, request.priority) is None:
             reply = self._ask_cloud(task, request, x, None, deadline, Reason.CAPACITY, {})
@@ -226,15 +229,18 @@ class Agent:
                 return reply
         probs, timings = self._run_local(task, request, x, deadline)
         conf = float(confidence(probs, task.metric).min())
-        if not task.policy.wants_offload(conf):
+        finite = math.isfinite(conf)  # NaN in the probabilities (a model overflowing) makes every metric NaN
+        if finite and not task.policy.wants_offload(conf):
             self.metrics.offload_window.add(0.0)
-            return self._local_reply(task, request, probs, timings, degraded=False)
+            return self._local_reply(task, request, probs, timings, degraded=False, finite=True)
         blocked = may_offload(task.limits, self._pressure(task), request.priority)
         if blocked is not None:
             self.metrics.offload_window.add(0.0)
-            return self._local_reply(task, request, probs, timings, degraded=True)
-        reply = self._ask_cloud(task, request, x, probs, deadline, Reason.UNCONFIDENT, timings)
-        return reply if reply is not None else self._local_reply(task, request, probs, timings, degraded=True)
+            return self._local_reply(task, request, probs, timings, degraded=True, finite=finite)
+        reply = self._ask_cloud(task, request, x, probs if finite else None, deadline, Reason.UNCONFIDENT, timings)
+        if reply is not None:
+            return reply
+        return self._local_reply(task, request, probs, timings, degraded=True, finite=finite)
 
     def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
                    ) -> tuple[np.ndarray, dict[str, float]]:
@@ -299,7 +305,15 @@ class Agent:
                           {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms})
 
     def _local_reply(self, task: _Task, request: InferRequest, probs: np.ndarray, timings: dict[str, float], *,
-                     degraded: bool) -> InferReply:
+                     degraded: bool, finite: bool) -> InferReply:
+        """The local answer, or an error when ``probs`` are not ``finite``: NaN is no answer (nor valid JSON).
+
+        Callers say whether they are: a confidence computed from them already tells, at no extra cost.
+        """
+        if not finite:
+            raise ProtocolError(ErrorCode.INTERNAL, f"the local model {task.model.name} v{task.model.version} gave a"
+                                                    " non-finite output for this input (far outside what it was"
+                                                    " trained on?) and no cloud answer replaced it")
         self.metrics.local_ms.add(timings.get("local", 0.0))
         return InferReply({OUTPUT: probs}, task.model.name, task.model.version, request.request_id, Source.EDGE,
                           degraded, timings)
@@ -326,19 +340,22 @@ class Agent:
             "name": name,
             "versions": [task.model.version],
             "platform": "onnxruntime",
-            "inputs": [{"name": spec.name, "datatype": spec.dtype, "shape": [-1 if d is None else d for d in spec.shape]}],
+            "inputs": [{"name": spec.name, "datatype": dtypes.by_name(spec.dtype).oip,  # what infer takes: FP32
+                        "shape": [-1 if d is None else d for d in spec.shape]}],
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1]}],
         }
 
-    def feedback(self, request_id: str, label: int) -> bool:
+    def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
         """Label an answer: kept as a training label if its sample is stored, counted if it is recent.
 
-        ValueError when the label names no class of the answer (it would teach and count nonsense).
+        False when there is nothing to label (or, with ``task``, only another task's answer). ValueError
+        when the label names no class of the answer (it would teach and count nonsense): the recent answer
+        and the stored sample each know their classes, so a label is checked while either is there.
         """
         if not 0 <= label < MAX_LABEL:
             raise ValueError(f"label {label} is not a class (0 to {MAX_LABEL - 1})")
-        counted = self.answers.feedback(request_id, label)  # checks the label against the answer's classes first
-        kept = self.samples is not None and self.samples.feedback(request_id, label)
+        counted = self.answers.feedback(request_id, label, task)  # checks the label against the answer's classes first
+        kept = self.samples is not None and self.samples.feedback(request_id, label, task)
         return kept or counted
 
     def metrics_text(self) -> tuple[bytes, str]:

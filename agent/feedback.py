@@ -52,14 +52,14 @@ class FeedbackTally:
             if len(self._answers) > self.capacity:
                 self._answers.popitem(last=False)
 
-    def feedback(self, request_id: str, label: int) -> bool:
-        """Count ``label`` for the remembered answer to ``request_id``; False when there is none to count.
+    def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
+        """Count ``label`` for the remembered answer to ``request_id`` (of ``task``, when given); False when none.
 
         ValueError (and nothing counted or forgotten) when the label names no class of that answer.
         """
         with self._lock:
             answer = self._answers.get(request_id)
-            if answer is None:
+            if answer is None or (task is not None and answer[0] != task):
                 return False
             task, name, version, predicted, classes = answer
             if not 0 <= label < classes:

@@ -8,11 +8,13 @@ so MQTT and HTTP callers see the same errors.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 from typing import Any, Protocol
 
 from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, decode_request
@@ -31,6 +33,34 @@ STATUS_OF = {
 }
 
 
+#: The one method each endpoint takes (`_endpoint` names them; each is served by ``_Handler._<endpoint>``).
+ALLOWED = {"server": "GET", "live": "GET", "ready": "GET", "metrics": "GET", "model": "GET", "model_ready": "GET",
+           "infer": "POST", "feedback": "POST"}
+_FIXED = {("v2",): "server", ("v2", "health", "live"): "live", ("v2", "health", "ready"): "ready",
+          ("metrics",): "metrics"}
+_PER_MODEL = {"ready": "model_ready", "infer": "infer", "feedback": "feedback"}
+
+
+def _endpoint(path: str) -> tuple[str | None, str]:
+    """The endpoint a path names and the model name in it ("" where none); None for no endpoint."""
+    parts = tuple(path.split("?", 1)[0].strip("/").split("/"))
+    if parts in _FIXED:
+        return _FIXED[parts], ""
+    if len(parts) in (3, 4) and parts[:2] == ("v2", "models") and parts[2]:
+        return ("model" if len(parts) == 3 else _PER_MODEL.get(parts[3])), parts[2]
+    return None, ""
+
+
+@functools.cache
+def server_metadata() -> dict[str, Any]:
+    """OIP v2 server metadata; looked up on first use, not at start (finding the version scans installed packages)."""
+    try:
+        version = metadata.version("fedge")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = "unknown"
+    return {"name": "fedge-agent", "version": version, "extensions": []}
+
+
 class InferenceService(Protocol):
     """What the HTTP API needs from the agent."""
 
@@ -42,7 +72,7 @@ class InferenceService(Protocol):
 
     def infer(self, request: InferRequest) -> InferReply: ...
 
-    def feedback(self, request_id: str, label: int) -> bool: ...
+    def feedback(self, request_id: str, label: int, task: str | None = None) -> bool: ...
 
     def metrics_text(self) -> tuple[bytes, str]: ...
 
@@ -51,26 +81,33 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:  # the client must not send its next request on this connection
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, doc: dict[str, Any]) -> None:
-        self._send(status, json.dumps(doc).encode())
+    def _json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(doc).encode(), headers=headers)
 
-    def _error(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> None:
-        self._json(status, {"error": message, "code": code.value})
+    def _error(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST,
+               headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"error": message, "code": code.value}, headers)
 
     def _body(self) -> bytes | None:
         """The request body, or None after answering 411/413 (the body is never read past the limit)."""
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True  # where the body ends is unknown
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
             return None
         size = int(length)
@@ -83,44 +120,68 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(size)
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class names it so
-        service = self.server.service
-        parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if parts == ["v2", "health", "live"]:
-            self._json(HTTPStatus.OK, {"live": True})
-        elif parts == ["v2", "health", "ready"]:
-            ready = service.ready()
-            self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"ready": ready})
-        elif len(parts) == 3 and parts[:2] == ["v2", "models"]:
-            meta = service.model_metadata(parts[2])
-            if meta is None:
-                self._error(HTTPStatus.NOT_FOUND, f"unknown model {parts[2]!r}", ErrorCode.UNKNOWN_TASK)
-            else:
-                self._json(HTTPStatus.OK, meta)
-        elif parts == ["metrics"]:
-            body, content_type = service.metrics_text()
-            self._send(HTTPStatus.OK, body, content_type)
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}")
-
-    def do_POST(self) -> None:  # noqa: N802 - the base class names it so
-        parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] not in ("infer", "feedback"):
+    def _dispatch(self) -> None:
+        """Route by path first, then method: a known path asked with the wrong method is 405, not 404."""
+        endpoint, name = _endpoint(self.path)
+        if endpoint is None:
+            self.close_connection = True  # a body, if any, is left unread
             self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}")
             return
-        body = self._body()
-        if body is None:
+        allowed = ALLOWED[endpoint]
+        if self.command != allowed:
+            self.close_connection = True
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.path} takes {allowed}, not {self.command}",
+                        headers={"Allow": allowed})
             return
-        if parts[3] == "infer":
-            self._infer(parts[2], body)
-        else:
-            self._feedback(body)
+        getattr(self, f"_{endpoint}")(name)
 
-    def _infer(self, name: str, body: bytes) -> None:
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+    def _server(self, _name: str) -> None:
+        self._json(HTTPStatus.OK, server_metadata())
+
+    def _live(self, _name: str) -> None:
+        self._json(HTTPStatus.OK, {"live": True})
+
+    def _ready(self, _name: str) -> None:
+        ready = self.server.service.ready()
+        self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"ready": ready})
+
+    def _metrics(self, _name: str) -> None:
+        body, content_type = self.server.service.metrics_text()
+        self._send(HTTPStatus.OK, body, content_type)
+
+    def _model(self, name: str) -> None:
+        meta = self.server.service.model_metadata(name)
+        if meta is None:
+            self._unknown_model(name)
+        else:
+            self._json(HTTPStatus.OK, meta)
+
+    def _model_ready(self, name: str) -> None:
         service = self.server.service
         if service.model_metadata(name) is None:
-            self._error(HTTPStatus.NOT_FOUND, f"unknown model {name!r}", ErrorCode.UNKNOWN_TASK)
+            self._unknown_model(name)
             return
+        ready = service.ready()
+        self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"name": name, "ready": ready})
+
+    def _unknown_model(self, name: str) -> None:
+        self._error(HTTPStatus.NOT_FOUND, f"unknown model {name!r}", ErrorCode.UNKNOWN_TASK)
+
+    def _model_body(self, name: str) -> bytes | None:
+        """The body of a POST to a served model, or None after answering (411, 413 or 404)."""
+        body = self._body()
+        if body is not None and self.server.service.model_metadata(name) is None:
+            self._unknown_model(name)
+            return None
+        return body
+
+    def _infer(self, name: str) -> None:
+        body = self._model_body(name)
+        if body is None:
+            return
+        service = self.server.service
         try:
             request = decode_request(name, body, None, service.limits)
             reply = service.infer(request)
@@ -129,7 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(HTTPStatus.OK, reply_document(reply))
 
-    def _feedback(self, body: bytes) -> None:
+    def _feedback(self, name: str) -> None:
+        body = self._model_body(name)
+        if body is None:
+            return
         try:
             doc = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -140,12 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, 'feedback body must be {"id": "<request id>", "label": <int>}')
             return
         try:
-            found = self.server.service.feedback(request_id, label)
+            found = self.server.service.feedback(request_id, label, name)  # another model's answer is not found here
         except ValueError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
             return
         if not found:
-            self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer for request {request_id!r} (evicted, or never kept)")
+            self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer of model {name!r} for request"
+                                              f" {request_id!r} (evicted, never kept, or another model's)")
             return
         self._json(HTTPStatus.OK, {"id": request_id, "label": label})
 

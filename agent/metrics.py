@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+OFFLOAD_WINDOW = 1024
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -130,7 +131,10 @@ class AgentMetrics:
         self.inflight = Gauge("fedge_offloads_inflight", "Offloads waiting for the cloud", registry=self.registry)
         self.broker_connected = Gauge("fedge_broker_connected", "1 when the MQTT connection is up",
                                       registry=self.registry)
-        self.offload_window = RollingWindow()  # 1.0 per offloaded request, 0.0 per local one
+        self.offload_window = RollingWindow(OFFLOAD_WINDOW)  # 1.0 per offloaded request, 0.0 per local one
+        offload_rate = Gauge("fedge_offload_rate", f"Share of the last {OFFLOAD_WINDOW} offload decisions sent to the"
+                             " cloud (the heartbeat's offload_rate)", registry=self.registry)
+        offload_rate.set_function(lambda: self.offload_window.mean() or 0.0)
         self.local_ms = RollingWindow()
         self.offload_ms = RollingWindow()
 

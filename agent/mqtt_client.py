@@ -4,10 +4,15 @@ Agents, cloud workers, benchmarks and tests all connect through here, so they
 share the socket settings the raw_mqtt benchmark found fastest (TCP_NODELAY on,
 because a QoS 1 round trip otherwise stalls on Nagle plus delayed ACKs) and the
 one-pass property decoder of agent/protocol/properties.py.
+
+paho retries a lost or failed connection in its network thread and tells
+``on_connect_fail`` nothing about why; clients made here say why once per
+outage (``connect_failure``) instead of paho's reasonless ERROR per retry.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.protocol import properties as wire_properties
@@ -27,9 +32,20 @@ if TYPE_CHECKING:
 
     from agent.profile.connectivity import TlsConfig
 
+log = logging.getLogger(__name__)
+PAHO_LOG = logging.getLogger("paho.mqtt.client")
+# paho's loop logs this at ERROR each time it goes round without a socket: once after every clean
+# disconnect (its thread outlives the DISCONNECT by one turn) and once per failed reconnect. Neither
+# says anything: clients made here report failed connections themselves, with the reason.
+PAHO_NO_SOCKET = "Client is not connected"
+
 
 class BrokerConnectError(Exception):
     """The broker could not be reached or refused us; the message says which and why."""
+
+
+class TlsFileError(OSError):
+    """A TLS file of the settings is missing, unreadable or not usable; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,79 @@ class BrokerAddress:
             raise ValueError(f"broker URL {url!r} has a bad port") from None
         return cls(parts.hostname, port, tls)
 
+    def tls_files(self, configured: TlsFiles | None) -> TlsFiles | None:
+        """The TLS this URL asks for: mqtts:// uses the configured files (the system's CAs if none), mqtt:// none.
+
+        The scheme is the user's explicit choice, so it wins over the profile's ``tls`` section both ways.
+        """
+        return (configured or TlsFiles()) if self.tls else None
+
+
+class _Client(mqtt.Client):
+    """paho's client, keeping why the last connection attempt failed (paho's on_connect_fail is not told)."""
+
+    last_connect_error: OSError | None = None
+    outage_reported = False
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            done = super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.outage_reported = False  # the broker answered: the next failure starts a new outage
+        return done
+
+
+def connect_failure(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, in words a user can act on."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on that port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return "reason unknown"
+
+
+def _report_connect_fail(client: mqtt.Client, _userdata: Any) -> None:
+    """paho's on_connect_fail (background connects only; it retries with backoff): one warning per outage."""
+    if not isinstance(client, _Client) or client.outage_reported:
+        return
+    client.outage_reported = True
+    log.warning("cannot reach MQTT broker %s:%s: %s; retrying in the background", client.host, client.port,
+                connect_failure(client.last_connect_error))
+
+
+def _not_paho_no_socket(record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith(PAHO_NO_SOCKET))
+
+
+def _set_tls(client: mqtt.Client, tls: TlsFiles) -> None:
+    """``tls_set`` with each file checked first: ssl's own errors do not say which file is missing."""
+    files = {"CA file": tls.ca_file, "client certificate": tls.cert_file, "client key": tls.key_file}
+    for what, path in files.items():
+        if path is not None:
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                raise TlsFileError(f"TLS {what} {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except ssl.SSLError as exc:
+        named = ", ".join(f"{what} {path}" for what, path in files.items() if path is not None) or "system CAs"
+        raise TlsFileError(f"TLS files not usable ({named}): {exc}") from None
+    client.tls_insecure_set(tls.insecure)
+
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -87,24 +176,23 @@ def new_client(
     username: str | None = None,
     password: str | None = None,
 ) -> mqtt.Client:
-    """A paho v5 client on the v2 callback API, configured but not yet connected."""
+    """A paho v5 client on the v2 callback API, configured but not yet connected.
+
+    TlsFileError names a TLS file that cannot be read or used.
+    """
     wire_properties.install()  # incoming PUBLISH properties decoded in one pass (agent/protocol/properties.py)
-    client = mqtt.Client(
+    client = _Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5,
     )
-    client.enable_logger()
+    PAHO_LOG.addFilter(_not_paho_no_socket)  # a no-op after the first time
+    client.enable_logger(PAHO_LOG)
+    client.on_connect_fail = _report_connect_fail
     if nodelay:
         client.on_socket_open = _set_nodelay
     if tls is not None:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(tls.insecure)
+        _set_tls(client, tls)
     if username is not None:
         client.username_pw_set(username, password)
     return client
@@ -138,7 +226,7 @@ def connect(
         client.connect(host, port, keepalive=keepalive, clean_start=clean_start)
     except (OSError, ssl.SSLError) as exc:
         client.on_connect = previous
-        raise BrokerConnectError(f"cannot reach MQTT broker at {host}:{port}: {exc}") from None
+        raise BrokerConnectError(f"cannot reach MQTT broker at {host}:{port}: {connect_failure(exc)}") from None
     client.loop_start()
     ok = answered.wait(timeout)
     client.on_connect = previous
@@ -146,7 +234,7 @@ def connect(
     if not ok or reason is None or reason.is_failure:
         client.loop_stop()
         client.disconnect()
-        why = "no CONNACK within %.1f s" % timeout if reason is None else f"refused: {reason}"
+        why = f"no CONNACK within {timeout:.1f} s" if reason is None else f"refused: {reason}"
         raise BrokerConnectError(f"MQTT broker at {host}:{port} {why}")
 
 

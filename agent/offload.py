@@ -6,6 +6,12 @@ A lost connection fails every in-flight future at once, so callers fall back
 to their local answer immediately instead of waiting out their deadline;
 paho reconnects by itself with capped exponential backoff, and offloading
 resumes when the broker is back.
+
+The coordinator's retained status arrives a moment after CONNACK (one round
+trip: SUBSCRIBE, then the retained message). Until it does, the cloud counts
+as absent and only high-priority requests are offloaded; ``wait_cloud_status``
+bridges that window for one-shot callers (``fedge-agent infer``). A daemon
+just starting answers its first requests in that window locally.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class OffloadClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._cloud_status: CloudStatus | None = None
+        self._status_heard = threading.Event()  # a cloud status message arrived on this connection
+        self._refusal_reported = False  # a refused CONNACK is said once, not on every retry
         self._handled: set[str] = set()  # topics given to ``subscribe``, subscribed again on every connect
         self._subscriptions = threading.Lock()  # a handler added while connecting is subscribed exactly once
         self._stopping = False
@@ -124,6 +132,14 @@ class OffloadClient:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def wait_cloud_status(self, timeout: float) -> CloudStatus | None:
+        """The cloud's status, waiting up to ``timeout`` s for the first one on this connection.
+
+        Returns at once when one was heard; None when none came (no coordinator) or it expired.
+        """
+        self._status_heard.wait(timeout)
+        return self.cloud_status
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -140,8 +156,12 @@ class OffloadClient:
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
-            log.warning("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
+            if not self._refusal_reported:
+                log.warning("broker %s:%s refused the connection: %s; retrying in the background",
+                            self.broker.host, self.broker.port, reason)
+            self._refusal_reported = True
             return
+        self._refusal_reported = False
         # Replies at QoS 0: a reply is only of use on this connection (a lost connection fails every
         # in-flight request at once, so a redelivered reply could never be matched), and QoS 1 would
         # cost a PUBACK on the agent's network thread between the reply and the waiting caller.
@@ -157,10 +177,12 @@ class OffloadClient:
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._status_heard.clear()
         self._cloud_status = None
         self._fail_all(ConnectionLost(f"broker connection lost: {reason}"))
         if was_connected and not self._stopping:
-            log.warning("broker connection lost (%s); answering locally while reconnecting", reason)
+            log.warning("connection to broker %s:%s lost (%s); answering locally while reconnecting",
+                        self.broker.host, self.broker.port, reason)
 
     def _on_reply(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None)
@@ -186,6 +208,7 @@ class OffloadClient:
         expiry = getattr(msg.properties, "MessageExpiryInterval", None)
         expires_at = time.monotonic() + expiry if expiry is not None else None
         self._cloud_status = CloudStatus(doc, expires_at) if isinstance(doc, dict) else None
+        self._status_heard.set()  # after the store: a waiter reads this status
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, request: InferRequest) -> tuple[bytes, Latch[InferReply | ErrorReply]]:

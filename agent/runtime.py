@@ -15,6 +15,7 @@ from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
 from agent.profile.schema import Profile
 from agent.protocol import ErrorCode, ProtocolError
+from agent.protocol.tensors import require_finite
 from agent.session import open_session
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class LocalModel:
         return cls(task, name, version, temperature, spec, batcher, manifest)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """The request tensor as the model takes it, or the protocol's error naming the mismatch."""
+        """The request tensor as the model takes it, or the protocol's error naming the mismatch.
+
+        Every request passes here (HTTP API, `fedge-agent infer`, in-process), so non-finite input is refused here.
+        """
         want = self.spec.input
         if x.dtype != np.dtype(want.dtype):
             raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"task {self.task} takes {want.dtype}, got {x.dtype}")
@@ -75,4 +79,5 @@ class LocalModel:
         if x.ndim != len(want.shape) or any(x.shape[i] != d for i, d in fixed) or x.shape[0] == 0:
             shape = ["N" if d in (None, -1) else d for d in want.shape]
             raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"task {self.task} takes shape {shape}, got {list(x.shape)}")
+        require_finite(x, f"task {self.task}")
         return x

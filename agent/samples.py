@@ -37,9 +37,29 @@ CREATE INDEX IF NOT EXISTS samples_task ON samples(task);
 """
 
 
+def _dims(shape: str) -> list[int]:
+    return [int(d) for d in shape.split(",") if d]
+
+
+def _rows(shape: str) -> int:
+    """Rows of a stored input: its first (batch) axis, or one for a single sample without a batch axis."""
+    dims = _dims(shape)
+    return dims[0] if len(dims) > 1 else 1
+
+
+def _check_label(request_id: str, label: int, rows: int, soft_bytes: int | None) -> None:
+    """ValueError unless ``label`` names a class of a one-row sample (any class when there are no soft labels)."""
+    if rows != 1:
+        raise ValueError(f"request {request_id!r} asked about {rows} rows; one label cannot name the class of each")
+    classes = soft_bytes // 4 if soft_bytes else None  # float32 probabilities of the one row
+    if label < 0 or (classes is not None and label >= classes):
+        known = "classes count from 0" if classes is None else f"0 to {classes - 1}"
+        raise ValueError(f"label {label} is not a class of request {request_id!r} ({known})")
+
+
 @dataclass(frozen=True)
 class TrainingSet:
-    """Stored samples of one task: inputs, soft labels (NaN rows where none) and labels (-1 where none)."""
+    """Stored samples of one task, a row per input row: inputs, soft labels (NaN where none), labels (-1 where none)."""
 
     x: np.ndarray
     soft: np.ndarray
@@ -79,12 +99,24 @@ class SampleStore:
             )
             self._evict()
 
-    def feedback(self, request_id: str, label: int) -> bool:
-        """Attach a user's label to a kept sample; False when there is none (evicted, never kept, disabled)."""
+    def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
+        """Attach a user's label to a kept sample (of ``task``, when given).
+
+        False when there is none: evicted, never kept, disabled, or another task's. ValueError, and nothing
+        stored, when the label is no class of the sample's soft labels (the cloud's probabilities give the
+        number of classes), or the sample holds several rows (one label cannot name the class of each):
+        checked on every call, so a label refused while the answer was recent is refused later too.
+        """
         if self._db is None:
             return False
         with self._lock:
-            return self._db.execute("UPDATE samples SET label = ? WHERE request_id = ?", (label, request_id)).rowcount == 1
+            row = self._db.execute("SELECT task, shape, length(soft) FROM samples WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+            if row is None or (task is not None and row[0] != task):
+                return False
+            _check_label(request_id, label, _rows(row[1]), row[2])
+            self._db.execute("UPDATE samples SET label = ? WHERE request_id = ?", (label, request_id))
+        return True
 
     def count(self, task: str | None = None) -> int:
         if self._db is None:
@@ -111,14 +143,14 @@ class SampleStore:
         rows.reverse()
         xs, softs, labels = [], [], []
         for dtype, shape, x, soft, label in rows:
-            array = np.frombuffer(x, dtype=np.dtype(dtype)).reshape([int(d) for d in shape.split(",") if d])
-            xs.append(array.reshape(-1, *array.shape[1:]) if array.ndim > 1 else array[None])
-            probs = np.frombuffer(soft, dtype=np.float32) if soft else None
-            softs.append(probs)
-            labels.append(-1 if label is None else int(label))
-        classes = next((len(s) for s in softs if s is not None), 0)
-        soft_array = np.stack([s if s is not None else np.full(classes, np.nan, np.float32) for s in softs]) \
-            if softs else np.empty((0, classes), np.float32)
+            array = np.frombuffer(x, dtype=np.dtype(dtype)).reshape(_dims(shape))
+            batch = array if array.ndim > 1 else array[None]  # a batch request's sample is several rows
+            xs.append(batch)
+            softs.append(np.frombuffer(soft, dtype=np.float32).reshape(len(batch), -1) if soft else None)
+            labels += [-1 if label is None else int(label)] * len(batch)
+        classes = next((s.shape[1] for s in softs if s is not None), 0)
+        soft_array = np.concatenate([s if s is not None else np.full((len(b), classes), np.nan, np.float32)
+                                     for s, b in zip(softs, xs)]) if softs else np.empty((0, classes), np.float32)
         return TrainingSet(np.concatenate(xs) if xs else np.empty((0,)), soft_array, np.array(labels, dtype=np.int64))
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 The agent serves with it, and the compression benchmarks measure latency with
 it, so a number in a report is a number the device will see. Providers are
 tried in the profile's order; one this build of ONNX Runtime lacks is dropped
-with a single warning, and CPU is always the last resort.
+with a single warning per process (not one per model), and CPU is always the last resort.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 ProviderSpec = tuple[str, dict[str, str]]
+_warned: set[tuple[str, ...]] = set()  # missing-provider sets already reported: one warning per process, not per model
 
 
 def available_providers(wanted: Sequence[ProviderSpec]) -> list[ProviderSpec]:
-    """``wanted`` minus what this ONNX Runtime build lacks (one warning for all), CPU appended."""
+    """``wanted`` minus what this ONNX Runtime build lacks (one warning per process), CPU appended."""
     present = set(ort.get_available_providers())
     kept = [(name, options) for name, options in wanted if name in present]
-    missing = [name for name, _ in wanted if name not in present]
-    if missing:
+    missing = tuple(name for name, _ in wanted if name not in present)
+    if missing and missing not in _warned:
+        _warned.add(missing)
         log.warning(
             "execution provider(s) %s not available in this onnxruntime build (it has %s); falling back to %s",
             ", ".join(missing), ", ".join(sorted(present)), ", ".join(n for n, _ in kept) or CPU,

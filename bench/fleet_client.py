@@ -19,7 +19,6 @@ grace period. A reply nobody waits for (a duplicate) is counted too.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import queue
 import threading
@@ -168,9 +167,6 @@ class _Agent:
 
 def _run(ids: list[str], load: Load, phase: float, ready: Any, go: Any, results: Any) -> None:
     """Process body: connect every agent, wait for ``go``, load the cloud, drain, report a Tally."""
-    # paho logs "Client is not connected" at ERROR when its loop ends after a clean disconnect; with
-    # hundreds of clients that drowns the output, and every request is accounted in the tally anyway.
-    logging.getLogger("paho").setLevel(logging.CRITICAL)
     recorder = _Recorder()
     agents = [_Agent(i, load, recorder) for i in ids]
     for agent in agents:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -24,10 +25,11 @@ from agent.agent import Agent
 from agent.confidence import confidence, softmax
 from agent.model_store import ModelStore
 from agent.policy import OffloadBudget
+from agent.profile import parse_profile
 from agent.protocol import ErrorCode, InferRequest, ProtocolError, Source, Topics
 from agent.session import open_session
 from cloud.mosquitto import Mosquitto, free_port
-from tests.agent_support import cloud_answer, make_profile, sample_inputs, train_small_zoo
+from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.responder import responding
 
@@ -49,13 +51,13 @@ def request(x: np.ndarray, **kw: Any) -> InferRequest:
 @pytest.fixture
 def agent_with_cloud(zoo: Path, broker: Mosquitto) -> Iterator[tuple[Agent, Any]]:
     store = ModelStore(zoo / "state" / "models")
-    with responding(broker, cloud_answer(store)) as cloud:
-        with Agent(make_profile(zoo, broker, offload=THRESHOLD, api_port=free_port())) as agent:
-            assert agent.offload is not None and agent.offload.wait_connected(5)
-            deadline = time.monotonic() + 5
-            while agent.offload.cloud_status is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            yield agent, cloud
+    with responding(broker, cloud_answer(store)) as cloud, \
+            Agent(make_profile(zoo, broker, offload=THRESHOLD, api_port=free_port())) as agent:
+        assert agent.offload is not None and agent.offload.wait_connected(5)
+        deadline = time.monotonic() + 5
+        while agent.offload.cloud_status is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield agent, cloud
 
 
 def edge_confidence(zoo: Path, x: np.ndarray) -> np.ndarray:
@@ -177,7 +179,7 @@ def test_garbage_and_wrong_shape_replies_are_ignored_and_the_request_still_answe
         inbox = Inbox(bad)
         subscribe(bad, topics.infer_filter)
         x, _ = sample_inputs(3, seed=5)
-        from agent.protocol import InferReply, encode_reply, BodyKind
+        from agent.protocol import BodyKind, InferReply, encode_reply
 
         def answer_with(payload_props: tuple[bytes, Properties]) -> None:
             msg = inbox.get()
@@ -189,7 +191,8 @@ def test_garbage_and_wrong_shape_replies_are_ignored_and_the_request_still_answe
         garbage = (b"\x00garbage", Properties(PacketTypes.PUBLISH))
         for i, bad_reply in enumerate((wrong_shape, garbage)):
             done: list[Any] = []
-            t = threading.Thread(target=lambda i=i: done.append(agent.infer(request(x[i:i + 1], timeout_ms=3000))))
+            t = threading.Thread(target=lambda i=i, done=done: done.append(
+                agent.infer(request(x[i:i + 1], timeout_ms=3000))))
             t.start()
             answer_with(bad_reply)
             t.join(5)
@@ -238,12 +241,15 @@ def _oversize_status(port: int) -> int:
 def test_http_api_speaks_oip_v2_and_refuses_bad_bodies(zoo: Path) -> None:
     port = free_port()
     x, _ = sample_inputs(1)
-    good = {"inputs": [{"name": "input", "shape": [1, 40], "datatype": "FP32", "data": x.ravel().tolist()}]}
     with Agent(make_profile(zoo, None, api_port=port)):
         assert _http(port, "GET", "/v2/health/live") == (200, {"live": True})
         assert _http(port, "GET", "/v2/health/ready") == (200, {"ready": True})
         status, meta = _http(port, "GET", "/v2/models/mnist1d")
-        assert status == 200 and meta["inputs"][0]["shape"] == [-1, 40]  # type: ignore[index]
+        declared = meta["inputs"][0]  # type: ignore[index]
+        assert status == 200 and declared["shape"] == [-1, 40] and declared["datatype"] == "FP32"
+        # a client that builds its request from the metadata is served
+        good = {"inputs": [{"name": declared["name"], "shape": [1, 40], "datatype": declared["datatype"],
+                            "data": x.ravel().tolist()}]}
         status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", json.dumps(good).encode())
         assert status == 200 and doc["outputs"][0]["shape"] == [1, 10]  # type: ignore[index]
         assert doc["parameters"]["source"] == "edge"  # type: ignore[index]
@@ -264,6 +270,115 @@ def test_http_api_speaks_oip_v2_and_refuses_bad_bodies(zoo: Path) -> None:
         assert 'fedge_errors_total{code="shape_mismatch",task="mnist1d"} 1.0' in str(text)
 
 
+HUGE = 3e38  # finite in float32, yet it overflows the edge model's logits: its probabilities come out NaN
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the standard has it: NaN and Infinity are not numbers there."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _raw_post(port: int, path: str, body: bytes) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _infer_body(values: str) -> bytes:
+    data = ", ".join([values] * 40)  # written out: json.dumps would not write 1e39 as it came
+    return f'{{"inputs": [{{"name": "input", "shape": [1, 40], "datatype": "FP32", "data": [{data}]}}]}}'.encode()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 decoded as FP32
+def test_non_finite_input_is_refused_and_a_non_finite_output_never_answered(zoo: Path) -> None:
+    session = open_session(ModelStore(zoo / "state" / "models").get("mnist1d", "mnist1d-edge").model_path)
+    huge = np.full((1, 40), HUGE, np.float32)
+    assert not np.isfinite(session.run(None, {"input": huge})[0]).all()  # the overflow this test is about
+    port = free_port()
+    with Agent(make_profile(zoo, None, api_port=port)) as agent:
+        for values in ("NaN", "Infinity", "-Infinity", "1e39"):  # 1e39 does not fit FP32: it becomes infinity
+            status, text = _raw_post(port, "/v2/models/mnist1d/infer", _infer_body(values))
+            doc = _strict_json(text)
+            assert (status, doc["code"]) == (400, "bad_request") and "finite" in doc["error"], (values, doc)
+        x, _ = sample_inputs(2)
+        x[1, 7] = np.nan
+        with pytest.raises(ProtocolError, match="finite") as refused:
+            agent.infer(request(x))
+        assert refused.value.code is ErrorCode.BAD_REQUEST
+        status, text = _raw_post(port, "/v2/models/mnist1d/infer", _infer_body(repr(HUGE)))
+        doc = _strict_json(text)  # an error, not NaN probabilities passed off as a confident answer
+        assert (status, doc["code"]) == (500, "internal") and "non-finite output" in doc["error"], doc
+        status, text = _raw_post(port, "/v2/models/mnist1d/infer", _infer_body("0.5"))
+        assert status == 200 and _strict_json(text)["parameters"]["source"] == "edge"
+
+
+def test_nan_probabilities_are_never_confident_under_any_metric() -> None:
+    """The agent tells a non-finite local output from its confidence, at no extra cost: this must hold."""
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the point
+        overflowed = softmax(np.array([[1, 2, 3], [np.inf, 0, 0], [3e38, -3e38, 0]], np.float32), 1e-3)
+    assert np.isfinite(overflowed[0]).all() and np.isnan(overflowed[1:]).all()
+    for probs in (overflowed, np.array([[0.2, 0.8, 0.0], [np.nan, 0.5, 0.5]], np.float32)):
+        for metric in ("max_prob", "margin", "entropy"):
+            assert np.isnan(confidence(probs, metric).min()), (metric, probs)
+
+
+def test_a_non_finite_local_output_is_offloaded_or_refused_never_answered(zoo: Path, broker: Mosquitto) -> None:
+    policy = {**THRESHOLD, "threshold": 0.0, "fusion": {"method": "geometric_mean", "weight": 0.5}}  # all confident
+    huge = np.full((1, 40), HUGE, np.float32)
+    x, _ = sample_inputs(1)
+    with Agent(make_profile(zoo, broker, offload=policy, api_port=free_port())) as agent:
+        assert agent.offload is not None and agent.offload.wait_connected(5)
+        with pytest.raises(ProtocolError, match="non-finite") as refused:  # no cloud status: nowhere to offload
+            agent.infer(request(huge, timeout_ms=500))
+        assert refused.value.code is ErrorCode.INTERNAL
+        with responding(broker, lambda rows: np.full((len(rows), 10), 0.1, np.float32)) as cloud:
+            deadline = time.monotonic() + 5
+            while agent.offload.cloud_status is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert agent.infer(request(x)).source is Source.EDGE  # threshold 0: finite answers stay local
+            reply = agent.infer(request(huge))
+        assert cloud.served == 1
+    assert reply.source is Source.CLOUD and not reply.degraded  # the cloud's alone: nothing to fuse with NaN
+    np.testing.assert_allclose(reply.outputs["probabilities"], 0.1)
+
+
+def _method_status(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+                   ) -> tuple[int, str | None, dict[str, Any]]:
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Allow"), json.loads(resp.read())
+
+
+def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_model_ready(zoo: Path) -> None:
+    port = free_port()
+    with Agent(make_profile(zoo, None, api_port=port)):
+        status, server = _http(port, "GET", "/v2")
+        assert status == 200 and server["name"] == "fedge-agent" and server["extensions"] == []  # type: ignore[index]
+        assert isinstance(server["version"], str) and server["version"]  # type: ignore[index]
+        assert _http(port, "GET", "/v2/models/mnist1d/ready") == (200, {"name": "mnist1d", "ready": True})
+        status, doc = _http(port, "GET", "/v2/models/digits/ready")
+        assert (status, doc["code"]) == (404, "unknown_task")  # type: ignore[index]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        wrong = [("GET", "/v2/models/mnist1d/infer", None, "POST"),
+                 ("GET", "/v2/models/mnist1d/feedback", None, "POST"),
+                 ("PUT", "/v2/models/mnist1d/infer", b'{"inputs": []}', "POST"),
+                 ("POST", "/v2/health/live", b'{"live": false}', "GET"), ("DELETE", "/v2/models/mnist1d", None, "GET")]
+        for method, path, body, allow in wrong:
+            status, allowed, doc = _method_status(conn, method, path, body)
+            assert (status, allowed) == (405, allow) and method in doc["error"], (method, path, doc)
+            # an unread body is not taken for the next request on the same connection
+            assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+        status, allowed, doc = _method_status(conn, "POST", "/v2/models/mnist1d/explain", b"{}")
+        assert (status, allowed) == (404, None) and "no such endpoint" in doc["error"]
+        assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+        conn.close()
+
+
 def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> None:
     agent, _ = agent_with_cloud
     assert agent.api is not None
@@ -279,6 +394,34 @@ def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> N
     status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
                         json.dumps({"id": other.request_id, "label": 10}).encode())  # ten classes: 0..9
     assert status == 400 and "not a class" in doc["error"], doc
+    for label in (99, 10, -1):  # the first label took the answer out of the recent ones: the stored sample still knows
+        status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+                            json.dumps({"id": offloaded.request_id, "label": label}).encode())
+        assert status == 400 and "not a class" in doc["error"] and doc["code"] == "bad_request", doc
+    assert agent.samples.training_set("mnist1d").labels.tolist().count(3) == 1
+    assert not {99, 10} & set(agent.samples.training_set("mnist1d").labels.tolist())
+    status, doc = _http(agent.api.port, "POST", "/v2/models/nope/feedback",
+                        json.dumps({"id": offloaded.request_id, "label": 4}).encode())
+    assert (status, doc["code"]) == (404, "unknown_task") and "unknown model" in doc["error"], doc
+
+
+def test_feedback_counts_only_under_the_model_that_answered(zoo: Path) -> None:
+    port = free_port()
+    doc = profile_doc(zoo, None, api_port=port)
+    edge_file = ModelStore(zoo / "state" / "models").get("mnist1d", "mnist1d-edge").model_path
+    doc["models"]["twin"] = {"path": str(edge_file), "input": {"name": "input", "shape": [-1, 40]}}
+    x, _ = sample_inputs(2)
+    with Agent(parse_profile(yaml.safe_dump(doc), "twin.yaml", env={})) as agent:
+        twin = agent.infer(InferRequest("twin", {"input": x[:1]}))
+        status, body = _http(port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": twin.request_id,
+                                                                                         "label": 3}).encode())
+        assert status == 404 and "another model's" in body["error"], body  # type: ignore[index]
+        assert not agent.feedback(twin.request_id, 3, task="mnist1d")
+        status, body = _http(port, "POST", "/v2/models/twin/feedback", json.dumps({"id": twin.request_id,
+                                                                                      "label": 3}).encode())
+        assert status == 200, body
+        heartbeat = agent.heartbeat()["feedback"]["tasks"]
+    assert list(heartbeat) == ["twin"]  # counted once, for the task that answered
 
 
 def test_heartbeat_and_retained_status_reach_the_broker(zoo: Path, broker: Mosquitto) -> None:
@@ -307,6 +450,6 @@ with Agent(make_profile(Path({str(zoo)!r}), None, api_port={free_port()})) as ag
 assert reply.outputs["probabilities"].shape == (3, 10)
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

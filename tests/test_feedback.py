@@ -111,7 +111,8 @@ def test_recent_answers_are_bounded(zoo: Path) -> None:
         replies = [agent.infer(InferRequest(TASK, {"input": x[i:i + 1]})) for i in range(5)]
     for reply in replies:
         tally.answered(TASK, reply)
-    assert [tally.feedback(r.request_id, 0) for r in replies] == [False, False, True, True, True]
+    assert not tally.feedback(replies[2].request_id, 0, task="digits")  # another task's answer: not this one's
+    assert [tally.feedback(r.request_id, 0, task=TASK) for r in replies] == [False, False, True, True, True]
 
 
 def test_two_devices_sum_and_a_restart_neither_loses_nor_double_counts(

@@ -6,7 +6,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from agent.metrics import _LATENCY_BUCKETS_S, AnswerStats, RollingWindow
+from agent.metrics import _LATENCY_BUCKETS_S, AgentMetrics, AnswerStats, RollingWindow
 
 ANSWERS = [  # (task, source, path, seconds): bounds themselves, between them, past the last, a degraded answer
     ("mnist1d", "edge", "edge", 0.0005), ("mnist1d", "edge", "edge", 0.0007), ("mnist1d", "cloud", "cloud", 0.02),
@@ -60,3 +60,11 @@ def test_rolling_window_keeps_the_last_values() -> None:
     for value in (10.0, 1.0, 2.0, 3.0):
         window.add(value)
     assert window.mean() == 2.0 and window.percentile(100) == 3.0 and window.percentile(0) == 1.0
+
+
+def test_offload_rate_gauge_reads_the_heartbeat_window() -> None:
+    metrics = AgentMetrics()
+    assert "fedge_offload_rate 0.0" in _lines(metrics.registry)
+    for offloaded in (1.0, 0.0, 0.0, 0.0):
+        metrics.offload_window.add(offloaded)
+    assert "fedge_offload_rate 0.25" in _lines(metrics.registry)

@@ -9,6 +9,7 @@ Bad profiles live in tests/bad_profiles/, each stating what it expects:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from agent.profile import (
 from agent.profile.hardware import CudaProvider
 from agent.profile.introspect import is_model
 from agent.profile.reference import update
-from agent.session import open_session
+from agent.session import available_providers, open_session
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO / "edge_profiles").glob("*.yaml"))
@@ -333,6 +334,14 @@ def test_provider_list_is_accepted_by_onnxruntime(tmp_path: Path) -> None:
         assert "OpenVINOExecutionProvider" not in session.get_providers()
     x = np.arange(80, dtype=np.float32).reshape(2, 40)
     np.testing.assert_array_equal(session.run(None, {"input": x})[0], x)
+
+
+def test_a_missing_provider_is_warned_about_once_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    wanted = [("NoSuchTestExecutionProvider", {}), ("CPUExecutionProvider", {})]
+    with caplog.at_level(logging.WARNING, logger="agent.session"):
+        for _ in range(3):  # e.g. three tasks' models on one device
+            assert available_providers(wanted) == [("CPUExecutionProvider", {})]
+    assert [r.getMessage().count("NoSuchTestExecutionProvider") for r in caplog.records] == [1]
 
 
 def test_provider_options_follow_the_profile() -> None:

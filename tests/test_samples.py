@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.samples import SampleStore
 
@@ -24,6 +25,34 @@ def test_samples_round_trip_with_soft_labels_and_feedback(tmp_path: Path) -> Non
     assert data.labels.tolist() == [-1, 7]
     assert np.allclose(data.soft[0], 0.1) and np.isnan(data.soft[1]).all()
     assert store.count("digits") == 0
+
+
+def test_a_label_outside_the_soft_labels_is_refused_every_time(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.db")
+    store.add("a", "mnist1d", np.zeros((1, 40), np.float32), np.full((1, 10), 0.1, np.float32))
+    store.add("bare", "mnist1d", np.zeros((1, 40), np.float32))  # no soft labels: the classes are unknown
+    assert store.feedback("a", 9)
+    for label in (10, 99, -1, 10):  # not only the first time: the width comes from the stored probabilities
+        with pytest.raises(ValueError, match="not a class"):
+            store.feedback("a", label)
+    assert store.feedback("bare", 12) and not store.feedback("a", 3, task="digits")  # another task's sample
+    with pytest.raises(ValueError, match="not a class"):
+        store.feedback("bare", -1)
+    assert store.training_set("mnist1d").labels.tolist() == [9, 12]
+
+
+def test_a_batch_request_sample_is_one_training_row_per_input_row(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.db")
+    soft = np.eye(3, dtype=np.float32)
+    store.add("one", "t", np.full((1, 4), 1, np.float32), soft[:1])
+    store.add("batch", "t", np.stack([np.full(4, 2, np.float32), np.full(4, 3, np.float32)]), soft[1:])
+    store.add("bare", "t", np.full((1, 4), 4, np.float32))
+    with pytest.raises(ValueError, match="2 rows"):  # one label cannot name the class of each row
+        store.feedback("batch", 1)
+    data = store.training_set("t")
+    assert data.x[:, 0].tolist() == [1, 2, 3, 4] and data.labels.tolist() == [-1, -1, -1, -1]
+    np.testing.assert_array_equal(data.soft[:3], soft)
+    assert data.soft.shape == (4, 3) and np.isnan(data.soft[3]).all()
 
 
 def test_the_newest_labelled_samples_come_from_the_query(tmp_path: Path) -> None:

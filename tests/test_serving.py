@@ -113,6 +113,16 @@ def test_expired_requests_are_answered_but_never_run(worker: Worker, broker: Mos
     assert worker.stats.expired == 1 and worker.stats.served == 0
 
 
+def test_non_finite_input_is_refused_by_name_and_never_run(worker: Worker, broker: Mosquitto) -> None:
+    x, _ = sample_inputs(1)
+    x = x.copy()
+    x[0, 3] = np.nan
+    payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic="test/replies")
+    reply = _ask(broker, payload, props)
+    assert isinstance(reply, ErrorReply) and reply.code is ErrorCode.BAD_REQUEST and "NaN" in reply.message
+    assert worker.stats.served == 0
+
+
 def test_a_thousand_malformed_requests_get_a_thousand_error_replies(worker: Worker, broker: Mosquitto) -> None:
     rng = np.random.default_rng(0)
     with client(broker, "fuzzer") as fuzzer:

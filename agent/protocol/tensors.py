@@ -118,3 +118,10 @@ def encode(tensors: Mapping[str, np.ndarray]) -> tuple[list[str], bytes]:
         headers.append(header(name, array))
         chunks.append(np.ascontiguousarray(array, dtype=wire).tobytes())
     return headers, b"".join(chunks)
+
+
+def require_finite(x: np.ndarray, what: str) -> None:
+    """Refuse NaN and infinity in a float input: they come out as NaN, which no answer may carry."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} takes finite numbers; the input holds NaN or infinity"
+                                                   f" (or a value too large for {x.dtype})")

@@ -94,7 +94,7 @@ def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[Worke
     if args.broker is not None:
         address = BrokerAddress.parse(args.broker)
         host, port = address.host, address.port
-        tls = (tls or TlsFiles()) if address.tls else None
+        tls = address.tls_files(tls)
     store = args.store or (config.resolve_path(config.store) if config.store else default_store_root())
     settings = WorkerSettings(
         store=Path(store), host=host, port=port, worker_id=instance_name(), topic_prefix=b.topic_prefix,

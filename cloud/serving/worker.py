@@ -43,6 +43,7 @@ from agent.protocol import (
     encode_reply,
     reply_topic,
 )
+from agent.protocol.tensors import require_finite
 from cloud.registry import open_registry
 from cloud.serving.scheduler import Job, JobQueue
 from cloud.serving.selection import UnknownModel, choose
@@ -258,10 +259,11 @@ class Worker:
 
 
 def check_input(request: InferRequest) -> None:
-    """The model input has a batch dimension (rows), so it can join a batch and be answered row by row."""
+    """The model input has a batch dimension (rows), so it can join a batch and be answered row by row, and is finite."""
     if request.tensor.ndim < 1:
         raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"the input {next(iter(request.inputs))!r} is a scalar; send it with a"
                             " batch dimension, e.g. shape [1, ...]")
+    require_finite(request.tensor, f"task {request.task}")
 
 
 def check_fusion(request: InferRequest) -> None:
