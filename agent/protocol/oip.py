@@ -74,7 +74,8 @@ def decode_tensor(spec: object, limits: Limits) -> tuple[str, np.ndarray]:
     if not all(isinstance(v, (int, float, bool)) for v in flat):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: data must hold only numbers or booleans")
     try:
-        array = np.asarray(flat, dtype=dtype.numpy).reshape(dims)
+        with np.errstate(over="ignore"):  # a float too large for its type becomes inf, refused by name downstream
+            array = np.asarray(flat, dtype=dtype.numpy).reshape(dims)
     except (ValueError, OverflowError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: data does not fit {datatype}: {exc}") from None
     return name, array
