@@ -92,6 +92,7 @@ class MicroBatcher:
         self._service_ms_per_row = 0.0
         self._queued_rows = 0  # rows in the heap, kept as a count so nobody sums the heap under the lock
         self._last_batch_rows = 0
+        self._fill_rows = max_batch_size  # rows the worker waits for while a batch fills (wake it then)
         self._busy = False  # a batch (or an inline call) is running
         self.batches_run = 0
         self._worker = threading.Thread(target=self._loop, name=f"fedge-batch-{name}", daemon=True)
@@ -161,9 +162,9 @@ class MicroBatcher:
             raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
         heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
         self._queued_rows += len(x)
-        # Wake the worker only when it has something to do: first work, or a full batch. A wake-up
-        # per arrival would cost it a GIL hand-off for every row while a batch fills.
-        if len(self._heap) == 1 or self._queued_rows >= self.max_batch_size:
+        # Wake the worker only when it has something to do: first work, or the rows it waits for. A
+        # wake-up per arrival would cost it a GIL hand-off for every row while a batch fills.
+        if len(self._heap) == 1 or self._queued_rows >= self._fill_rows:
             self._cond.notify()
 
     def close(self, drain: bool = True) -> None:
@@ -185,16 +186,18 @@ class MicroBatcher:
                 if self._closing and not self._heap:
                     return None
                 self._cond.wait()
-            first = self._heap[0]
-            deadline = first.enqueued + self._delay_s
-            # A lone caller (last batch was one row, nothing else queued) runs at once: waiting for
-            # company that is not coming would only add the delay to every request.
-            alone = len(self._heap) == 1 and self._last_batch_rows <= 1
-            while not alone and not self._closing and self._queued_rows < self.max_batch_size:
+            deadline = self._heap[0].enqueued + self._delay_s
+            # Wait for as many rows as the last batch had, not for a full batch: steady callers come
+            # back together, and waiting for company that is not coming (4 callers, batches of up to
+            # 64) would add the whole delay to every request. A lone caller runs at once; when more
+            # callers come, batches grow with what is queued when one is taken.
+            self._fill_rows = min(self.max_batch_size, max(1, self._last_batch_rows))
+            while not self._closing and self._queued_rows < self._fill_rows:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._fill_rows = self.max_batch_size
             batch: list[_Item] = []
             rows = 0
             skipped: list[_Item] = []

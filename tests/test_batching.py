@@ -138,3 +138,32 @@ def test_close_drains_or_fails_what_is_queued(session) -> None:  # type: ignore[
     assert all(f.result(timeout=1).shape == (1, 3) for f in futures)
     with pytest.raises(BatcherClosed):
         batcher.submit(np.zeros((1, 4), np.float32))
+
+
+def test_a_batch_waits_for_as_many_rows_as_the_last_one_not_for_a_full_batch(session) -> None:  # type: ignore[no-untyped-def]
+    """Four steady callers and room for 64 rows: the fifth to eighth requests run when four are in, not after the delay."""
+    calls: list[int] = []
+    gate = threading.Event()
+    run = run_fn(session, calls)
+
+    def gated(x: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        return run(x)
+
+    batcher = MicroBatcher(gated, max_batch_size=64, max_queue_delay_ms=60_000)
+    one = np.ones((1, 4), np.float32)
+    try:
+        first = batcher.submit(one)  # runs alone and holds the model until the gate opens
+        while batcher.load()[0]:
+            time.sleep(0.001)
+        queued = [batcher.submit(one) for _ in range(4)]
+        gate.set()
+        for pending in [first, *queued]:
+            pending.result(timeout=10)
+        steady = [batcher.submit(one) for _ in range(4)]
+        for pending in steady:
+            pending.result(timeout=10)  # a minute's delay would time this out: the batch ran at four rows
+    finally:
+        gate.set()
+        batcher.close()
+    assert calls == [1, 4, 4]
