@@ -61,7 +61,7 @@ def add_infer(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         " (OIP v2 JSON with source, degraded flag and timings). INPUT is a .npy array or a .json file holding an"
         " OIP v2 request body or a plain (nested) list of numbers. When the task may offload, the agent first"
         f" waits up to {CONNECT_WAIT_S:g} s for the broker and {CLOUD_STATUS_WAIT_S:g} s for the cloud's status;"
-        " without them the answer is local and stderr says why.",
+        " without them an unsure answer stays local and stderr says why.",
     )
     _common(parser)
     parser.add_argument("--task", required=True, help="task to ask, e.g. mnist1d")
@@ -199,7 +199,7 @@ def run_infer(args: argparse.Namespace) -> int:
         with _agent(args, quiet) as agent:
             why = _why_local(agent.offload) if agent.offload is not None and args.task in profile.offload else None
             if why is not None:
-                print(f"fedge-agent infer: not offloading: {why}; the answer is local", file=sys.stderr)
+                print(f"fedge-agent infer: not offloading: {why}; an unsure answer stays local", file=sys.stderr)
             reply = agent.infer(request)
     except (ManifestError, ProfileError) as exc:
         print(f"fedge-agent infer: cannot start: {exc}", file=sys.stderr)
