@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedge-installed
 ARGS ?=
 
-.PHONY: install mosquitto test bench demo clean help
+.PHONY: install mosquitto lint test bench demo clean help
 
 help:
 	@echo "make install  create $(VENV) with fedge and all extras, and make sure Mosquitto is present"
-	@echo "make test     install, then run the whole pytest suite"
+	@echo "make lint     install, then ruff (agent cloud bench tests) and mypy (agent cloud bench)"
+	@echo "make test     install, lint, then run the whole pytest suite"
 	@echo "make bench    install, then run every benchmark (results in bench/results/)"
 	@echo "make demo     install, then the end-to-end demo (ARGS=--quick for a short one)"
 
@@ -35,7 +36,12 @@ mosquitto:
 		exit 1; \
 	fi
 
-test: install
+# Style and types are checked before any test runs (config: [tool.ruff] and [tool.mypy] in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check agent cloud bench tests
+	$(VENV)/bin/mypy agent cloud bench
+
+test: install lint
 	$(PY) -m pytest -q
 
 bench: install

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from typing_extensions import Self  # typing.Self is 3.11+; JetPack 6 boards run 3.10
 
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse
@@ -110,7 +111,7 @@ class Agent:
         return BrokerSettings(b.host, b.port, tls, b.username, resolve_password(profile), b.keepalive_s)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> Agent:
+    def start(self) -> Self:
         """Load and verify every model and the release key, then connect, serve HTTP and send heartbeats.
 
         If any step fails, what the earlier steps started is stopped again before the error is raised.
@@ -189,7 +190,7 @@ class Agent:
         old.batcher.close(drain=True)
         return old
 
-    def __enter__(self) -> Agent:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

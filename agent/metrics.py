@@ -60,7 +60,7 @@ class RollingWindow:
         return sum(values) / len(values) if values else None
 
 
-class AnswerStats(Collector):  # type: ignore[misc]  # prometheus_client's Collector is untyped
+class AnswerStats(Collector):
     """Answers by (task, source, path) with their latency histogram, as Prometheus families at scrape time.
 
     prometheus_client's labelled Counter and Histogram take a lock per series per update,
@@ -92,8 +92,10 @@ class AnswerStats(Collector):  # type: ignore[misc]  # prometheus_client's Colle
         for (task, source, path), values in series.items():
             requests[(task, source)] = requests.get((task, source), 0.0) + sum(values[:-1])
             merged = latency.get((task, path), [0.0] * len(values))
-            latency[(task, path)] = [a + b for a, b in zip(merged, values)]
-        degraded = {(task,): sum(values[:-1]) for (task, path), values in latency.items() if path == "degraded"}
+            latency[(task, path)] = [a + b for a, b in zip(merged, values, strict=True)]
+        degraded: dict[tuple[str, ...], float] = {
+            (task,): sum(values[:-1]) for (task, path), values in latency.items() if path == "degraded"
+        }
         yield self._counter("fedge_requests", "Answered requests by source", ["task", "source"], requests)
         yield self._counter("fedge_degraded", "Answers marked degraded (cloud late, lost or refused)", ["task"],
                             degraded)
@@ -101,7 +103,7 @@ class AnswerStats(Collector):  # type: ignore[misc]  # prometheus_client's Colle
                                           labels=["task", "path"])
         for labels, values in sorted(latency.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip((*map(floatToGoString, self._bounds), "+Inf"), values[:-1]):
+            for bound, count in zip((*map(floatToGoString, self._bounds), "+Inf"), values[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             histogram.add_metric(list(labels), buckets, values[-1])

@@ -18,7 +18,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -213,7 +213,8 @@ def connect(
     """
     answered = threading.Event()
     outcome: dict[str, ReasonCode] = {}
-    previous = client.on_connect
+    # new_client() makes VERSION2 clients, so a callback already set takes the v2 arguments.
+    previous = cast("mqtt.CallbackOnConnect_v2 | None", client.on_connect)
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         outcome["reason"] = reason

@@ -117,7 +117,9 @@ class OffloadClient:
         )
         self._client.will_set(self._status_topic, OFFLINE, qos=1, retain=True)
         # A random floor spreads a fleet's reconnects after a broker restart; paho doubles it up to the cap.
-        self._client.reconnect_delay_set(broker.reconnect_min_s * random.uniform(0.5, 1.5), broker.reconnect_max_s)
+        # paho annotates the delays as int, but its backoff arithmetic takes floats: the jitter needs fractions.
+        self._client.reconnect_delay_set(broker.reconnect_min_s * random.uniform(0.5, 1.5),  # type: ignore[arg-type]
+                                         broker.reconnect_max_s)  # type: ignore[arg-type]
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.message_callback_add(self.reply_topic, self._on_reply)

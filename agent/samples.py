@@ -122,8 +122,11 @@ class SampleStore:
         if self._db is None:
             return 0
         with self._lock:
-            query, args = ("SELECT COUNT(*) FROM samples WHERE task = ?", (task,)) if task else ("SELECT COUNT(*) FROM samples", ())
-            return int(self._db.execute(query, args).fetchone()[0])
+            if task:
+                row = self._db.execute("SELECT COUNT(*) FROM samples WHERE task = ?", (task,)).fetchone()
+            else:
+                row = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()
+            return int(row[0])
 
     def training_set(self, task: str, *, newest: int | None = None, labelled: bool = False) -> TrainingSet:
         """Kept samples of ``task`` as arrays, oldest first (rows of one sample each).
@@ -149,8 +152,9 @@ class SampleStore:
             softs.append(np.frombuffer(soft, dtype=np.float32).reshape(len(batch), -1) if soft else None)
             labels += [-1 if label is None else int(label)] * len(batch)
         classes = next((s.shape[1] for s in softs if s is not None), 0)
-        soft_array = np.concatenate([s if s is not None else np.full((len(b), classes), np.nan, np.float32)
-                                     for s, b in zip(softs, xs)]) if softs else np.empty((0, classes), np.float32)
+        soft_array = np.concatenate([
+            s if s is not None else np.full((len(b), classes), np.nan, np.float32) for s, b in zip(softs, xs, strict=True)
+        ]) if softs else np.empty((0, classes), np.float32)
         return TrainingSet(np.concatenate(xs) if xs else np.empty((0,)), soft_array, np.array(labels, dtype=np.int64))
 
     def close(self) -> None:

@@ -30,7 +30,8 @@ class KeyFileError(ValueError):
 class Signed(Protocol):
     """A document with a detached signature over ``signed_bytes()``."""
 
-    signature: str | None
+    @property
+    def signature(self) -> str | None: ...  # read-only: the signed documents are frozen models
 
     def signed_bytes(self) -> bytes: ...
 

@@ -52,7 +52,7 @@ def curve(edge: np.ndarray, cloud: np.ndarray, y: np.ndarray) -> dict[str, list[
 
 
 def best_within(points: dict[str, list[float]], key: str, budget: float) -> float:
-    return max(a for r, a in zip(points["offload_rate"], points[key]) if r <= budget + 1e-9)
+    return max(a for r, a in zip(points["offload_rate"], points[key], strict=True) if r <= budget + 1e-9)
 
 
 def _compressed_edge(store: ModelStore, task: str, workdir: Path, quick: bool) -> StoredModel:
@@ -95,7 +95,7 @@ def plot(metrics: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4.5))
-    for ax, task in zip(axes, TASKS):
+    for ax, task in zip(axes, TASKS, strict=True):
         doc = metrics[task]
         for label, style in (("compressed", "-"), ("scratch", "--")):
             c = doc[label]["curve"]

@@ -96,8 +96,8 @@ def _wait_ready(broker: Mosquitto, topics: Topics, workers: int, process: subpro
         while not ready.wait(0.5):
             waited += 0.5
             if process.poll() is not None or waited >= timeout:
-                raise RuntimeError(f"fedge-cloud serve with {workers} workers did not report them all alive"
-                                   f" ({'exited with ' + str(process.returncode) if process.poll() is not None else f'{timeout:.0f} s'})")
+                why = f"exited with {process.returncode}" if process.poll() is not None else f"{timeout:.0f} s"
+                raise RuntimeError(f"fedge-cloud serve with {workers} workers did not report them all alive ({why})")
     finally:
         probe.disconnect()
         probe.loop_stop()

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from agent.model_store import ModelStore
 from agent.protocol import InferRequest
@@ -42,11 +43,14 @@ def model_batch_gain(store: ModelStore, batch: int, seconds: float) -> float:
     a model whose rows cost nearly the same alone or stacked leaves little for the batcher to win.
     """
     session = open_session(store.get("mnist1d", "mnist1d-cloud").model_path, intra_op_threads=1)
-    per_row = {}
-    for rows in (1, batch):
-        x = np.zeros((rows, 40), np.float32)
-        per_row[rows] = 1 / (calls_per_second(lambda _k, x=x: session.run(None, {"input": x}), 1, seconds) * rows)
-    return per_row[1] / per_row[batch]
+    alone = _rows_per_second(session, 1, seconds)
+    return _rows_per_second(session, batch, seconds) / alone
+
+
+def _rows_per_second(session: ort.InferenceSession, rows: int, seconds: float) -> float:
+    """Rows per second of bare ``session.run`` on batches of ``rows`` from one thread."""
+    feed = {"input": np.zeros((rows, 40), np.float32)}
+    return calls_per_second(lambda _k: session.run(None, feed), 1, seconds) * rows
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> Path:
             round(by_setting[other]["qos1_160B_p50_ms"] / chosen["qos1_160B_p50_ms"], 3), ">=", 1.0
         ),
     }
-    params = {"round_trips": samples[True], "round_trips_nagle": samples[False], "messages": messages, "payload_bytes": [160, 16384], "qos": [0, 1]}
+    params = {"round_trips": samples[True], "round_trips_nagle": samples[False], "messages": messages,
+              "payload_bytes": [160, 16384], "qos": [0, 1]}
     path = write_result("raw_mqtt", params, metrics, goals, results_dir=args.results_dir)
     for name in ("qos0_160B_p50_ms", "qos1_160B_p50_ms", "qos1_16384B_p99_ms", "qos1_160B_msgs_per_s"):
         print(f"  {name}: nagle {by_setting['nagle'][name]}  nodelay {by_setting['nodelay'][name]}")

@@ -70,8 +70,11 @@ def broker_connection(args: argparse.Namespace, env: Mapping[str, str] = os.envi
 
 
 def instance_name() -> str:
-    """``host-pid``: this process's name on the broker. Two coordinators (or a rollout and its retry)
-    must never share a client id, or the broker hands one's session to the other and disconnects it."""
+    """``host-pid``: this process's name on the broker.
+
+    Two coordinators (or a rollout and its retry) must never share a client id, or the broker hands
+    one's session to the other and disconnects it.
+    """
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
 
 

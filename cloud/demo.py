@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             for task in TASKS:
                 data = get_task(task).load(DataOptions())
                 x, y = data.x_test[:n], data.y_test[:n]
-                for profile, agent in zip(PROFILES, agents):
+                for profile, agent in zip(PROFILES, agents, strict=True):
                     results[(profile, task)] = tally = Tally()
                     _stream(agent, task, x, y, tally)
         finally:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from typing_extensions import Self
 
 from agent.exit_codes import ExitCode
 from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
@@ -53,8 +54,10 @@ class DeviceListener:
         self._client.message_callback_add(self.status_filter, self._on_status)
 
     def start(self, timeout: float = 10.0) -> None:
-        """Connect and listen in paho's thread, returning once the broker confirmed the subscriptions
-        (heartbeats are not retained: one sent before that would be missed); BrokerConnectError otherwise."""
+        """Connect and listen in paho's thread; return once the broker confirmed the subscriptions.
+
+        Heartbeats are not retained: one sent before that would be missed. BrokerConnectError otherwise.
+        """
         connect(self._client, self.host, self.port)
         try:
             self._subscriptions.confirm(self.host, self.port, timeout,
@@ -67,7 +70,7 @@ class DeviceListener:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def __enter__(self) -> DeviceListener:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

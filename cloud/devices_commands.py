@@ -79,7 +79,7 @@ def table(devices: list[DeviceRecord], now: float) -> str:
             ago(now - d.last_seen),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def ago(seconds: float) -> str:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from typing_extensions import Self
+
 INSTALL_HINT = "sudo apt-get install -y mosquitto mosquitto-clients"
 _PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.x writes
 
@@ -150,7 +152,7 @@ class Mosquitto:
             ]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 10.0) -> Mosquitto:
+    def start(self, timeout: float = 10.0) -> Self:
         """Start the broker and wait until its port accepts connections."""
         if self.running():
             return self
@@ -209,7 +211,7 @@ class Mosquitto:
             time.sleep(0.02)
         return self.start(timeout)
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

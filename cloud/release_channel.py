@@ -10,6 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
+from typing_extensions import Self
 
 from agent.model_store import StoredModel
 from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
@@ -43,7 +44,7 @@ class ReleaseChannel:
         self._subscriptions = Subscriptions(self._client, [(self._heartbeat_filter, 0)])
         self._client.on_publish = self._on_publish
 
-    def __enter__(self) -> ReleaseChannel:
+    def __enter__(self) -> Self:
         connect(self._client, self.host, self.port)
         try:
             self._subscriptions.confirm(self.host, self.port, SUBSCRIBE_TIMEOUT_S, "its user needs read access to"

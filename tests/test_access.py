@@ -21,7 +21,7 @@ def test_acl_command_writes_files_and_keeps_secrets(tmp_path: Path) -> None:
     devices.write_text("devices: [pi4-kitchen-01, gw-plant-a]\n")
     out = tmp_path / "access"
     first = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices), "--out", str(out)],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, check=False, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "new secrets" in first.stdout and "acl_file" in first.stdout
     secret = out / "secrets" / "pi4-kitchen-01"
@@ -31,7 +31,7 @@ def test_acl_command_writes_files_and_keeps_secrets(tmp_path: Path) -> None:
     assert "topic read fedge/v1/device/gw-plant-a/reply" in (out / "acl").read_text()
     before = secret.read_text()
     again = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices), "--out", str(out)],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, check=False, text=True, timeout=60)
     assert again.returncode == 0 and "new secrets" not in again.stdout
     assert secret.read_text() == before
 
@@ -39,12 +39,12 @@ def test_acl_command_writes_files_and_keeps_secrets(tmp_path: Path) -> None:
 def test_bad_devices_file_names_the_problem(tmp_path: Path) -> None:
     devices = tmp_path / "devices.yaml"
     devices.write_text("devices: [a/b]\n")
-    result = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices)], capture_output=True, text=True, timeout=60,
-                            cwd=tmp_path)
+    result = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices)],
+                            capture_output=True, check=False, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "'a/b'" in result.stderr and "Traceback" not in result.stderr
     devices.write_text("devices: [a]\nworkerz: [w]\n")
-    result = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices)], capture_output=True, text=True, timeout=60,
-                            cwd=tmp_path)
+    result = subprocess.run([FEDGE_CLOUD, "acl", "--devices", str(devices)],
+                            capture_output=True, check=False, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "workerz: unknown key" in result.stderr
 
 

@@ -172,8 +172,8 @@ def test_infer_with_an_unreadable_password_file_is_one_line_like_run(zoo: Path, 
     profile = write_profile(zoo, broker, free_port(), username="test-dev", password_file=str(tmp_path / "no-pw"))
     result = infer(profile, tmp_path / "x.npy")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"fedge-agent infer: cannot start: broker.password_file: cannot read" \
-                                    f" {tmp_path / 'no-pw'}: No such file or directory"
+    assert result.stderr.strip() == (f"fedge-agent infer: cannot start: broker.password_file: cannot read"
+                                     f" {tmp_path / 'no-pw'}: No such file or directory")
 
 
 def test_infer_names_an_unreachable_broker_once_and_answers_locally(zoo: Path, broker: Mosquitto,

@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt_client import BrokerConnectError, BrokerAddress, TlsFiles, connect, new_client
+from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles, connect, new_client
 from cloud.mosquitto import Mosquitto, MosquittoError, password_hash
 from tests.conftest import TlsBroker
 from tests.mqtt_helpers import Inbox, client, subscribe
@@ -81,7 +81,7 @@ def test_tls_connection_needs_the_ca(tls_broker: TlsBroker) -> None:
 
 def test_wrong_password_is_refused_with_its_reason_code(acl_broker: Mosquitto) -> None:
     bad = new_client("intruder", username="device-a", password="wrong")
-    with pytest.raises(BrokerConnectError, match="refused: Not authorized|Bad user name or password"):
+    with pytest.raises(BrokerConnectError, match=r"refused: Not authorized|Bad user name or password"):
         connect(bad, acl_broker.host, acl_broker.port, timeout=3)
     anonymous = new_client("anonymous")
     with pytest.raises(BrokerConnectError, match="refused"):

@@ -372,8 +372,8 @@ _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 70000), st.floats(-2, 2, allow_nan=False),
     st.sampled_from(["cpu", "cuda", "threshold", "budget", "mnist1d", "", "a/b", "fp16"]),
 )
-_keys = st.sampled_from(SECTIONS + ["id", "type", "mode", "threshold", "input", "shape", "name",
-                                   "execution_providers", "mnist1d", "port", "tls", "offlaod"])
+_keys = st.sampled_from([*SECTIONS, "id", "type", "mode", "threshold", "input", "shape", "name",
+                         "execution_providers", "mnist1d", "port", "tls", "offlaod"])
 _trees = st.recursive(
     _scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4),

@@ -317,6 +317,6 @@ def test_a_bad_release_key_stops_the_agent_before_it_connects(tmp_path: Path, br
     install_locally(cloud, tmp_path / "state" / "models", 1)
     (tmp_path / "bad.pub").write_text("not a key")
     before = set(threading.enumerate())
-    with pytest.raises(KeyFileError, match="bad.pub: not a PEM public key"):
+    with pytest.raises(KeyFileError, match=r"bad\.pub: not a PEM public key"):
         Agent(follower(tmp_path, broker, cloud, public_key_file=str(tmp_path / "bad.pub"))).start()
     assert {t for t in threading.enumerate() if t.is_alive()} <= before

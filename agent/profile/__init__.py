@@ -1,7 +1,7 @@
 """Device profiles: the schema, loading with file:line:col errors, env overrides.
 
-    profile = load_profile("edge_profiles/raspberry-pi-4.yaml")
-    session = onnxruntime.InferenceSession(path, providers=profile.hardware.ort_providers())
+Use: ``profile = load_profile("edge_profiles/raspberry-pi-4.yaml")``, then
+``onnxruntime.InferenceSession(path, providers=profile.hardware.ort_providers())``.
 """
 
 from __future__ import annotations

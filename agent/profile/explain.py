@@ -98,8 +98,8 @@ def _walk(root: type[BaseModel], loc: tuple[str | int, ...]) -> _Walk:
             continue
         if is_model(current):
             parent = current
-            known = isinstance(element, str) and element in current.model_fields
-            current = field_type(current, element) if known else None
+            field = element if isinstance(element, str) and element in current.model_fields else None
+            current = field_type(current, field) if field is not None else None
         elif get_origin(current) is list:
             current = unwrap(get_args(current)[0])
         elif get_origin(current) is dict:
@@ -115,12 +115,11 @@ def _locate(document: Document, path: DataPath) -> Location | None:
     node: Any = document.data
     found: DataPath = ()
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        else:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_dict or in_list):
             return document.where.key_at(found)
+        node = node[part]
         found = (*found, part)
     if isinstance(node, (dict, list)):
         return document.where.key_at(found)

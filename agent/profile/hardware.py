@@ -7,7 +7,7 @@ instead of an option silently passed to the wrong backend.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -134,16 +134,21 @@ class OpenVinoProvider(ExecutionProviderBase):
 
 
 ExecutionProvider = Annotated[
-    Union[TensorRtProvider, CudaProvider, OpenVinoProvider, CpuProvider],
+    TensorRtProvider | CudaProvider | OpenVinoProvider | CpuProvider,
     Field(discriminator="type"),
 ]
+
+
+def _cpu_only() -> list[ExecutionProvider]:
+    """The default: ONNX Runtime's CPU provider, present in every build."""
+    return [CpuProvider()]
 
 
 class HardwareConfig(StrictModel):
     """How ONNX Runtime uses this device: providers in preference order, threads, memory."""
 
     execution_providers: list[ExecutionProvider] = Field(
-        default_factory=lambda: [CpuProvider()],
+        default_factory=_cpu_only,
         min_length=1,
         max_length=8,
         description="ONNX Runtime execution providers in preference order: each graph node"

@@ -7,7 +7,7 @@ capacity is the other reason to offload (or to answer "overloaded").
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -47,7 +47,7 @@ class GeometricMeanFusion(FusionBase):
     )
 
 
-Fusion = Annotated[Union[NoFusion, GeometricMeanFusion], Field(discriminator="method")]
+Fusion = Annotated[NoFusion | GeometricMeanFusion, Field(discriminator="method")]
 
 
 class PolicyBase(StrictModel):
@@ -146,4 +146,4 @@ class BudgetPolicy(PolicyBase):
     )
 
 
-OffloadPolicy = Annotated[Union[ThresholdPolicy, BudgetPolicy], Field(discriminator="mode")]
+OffloadPolicy = Annotated[ThresholdPolicy | BudgetPolicy, Field(discriminator="mode")]

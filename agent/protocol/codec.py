@@ -53,8 +53,8 @@ def _user_properties(props: Properties | None, limits: Limits) -> tuple[dict[str
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(pairs)} user properties; at most {limits.max_user_properties}")
     first: dict[str, str] = {}
     headers: list[str] = []
-    for key, value in pairs:
-        key, value = str(key), str(value)
+    for raw_key, raw_value in pairs:
+        key, value = str(raw_key), str(raw_value)
         if key == tensors.TENSOR_PROPERTY:
             headers.append(value)
         elif key not in first:
@@ -76,10 +76,11 @@ def body_kind(props: Properties | None) -> BodyKind:
 
 def _int_param(value: object, name: str, low: int, high: int) -> int:
     if isinstance(value, str):
+        text = value
         try:
-            value = int(value)
+            value = int(text)
         except ValueError:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} {value[:40]!r} is not an integer") from None
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} {text[:40]!r} is not an integer") from None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be an integer from {low} to {high}, got {value!r:.40}")
     return value
@@ -119,11 +120,12 @@ def _request_from_params(task: str, inputs: dict[str, Any], params: dict[str, An
 
 
 def decode_request(
-    task: str, payload: bytes, props: Properties | None, limits: Limits = DEFAULT_LIMITS
+    task: str, payload: bytes | bytearray, props: Properties | None, limits: Limits = DEFAULT_LIMITS
 ) -> InferRequest:
     """Decode a request published to ``…/infer/{task}``; raises only ``ProtocolError``."""
     if len(payload) > limits.max_payload_bytes:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"payload of {len(payload)} bytes is over the {limits.max_payload_bytes}-byte limit")
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"payload of {len(payload)} bytes is over the {limits.max_payload_bytes}-byte limit")
     content_type = getattr(props, "ContentType", None) if props is not None else None
     if content_type not in (None, CONTENT_TYPE_TENSORS, CONTENT_TYPE_JSON):
         raise ProtocolError(
@@ -262,7 +264,7 @@ def _error(code: object, message: object, request_id: object) -> ErrorReply:
 
 
 def decode_reply(
-    payload: bytes, props: Properties | None, limits: Limits = DEFAULT_LIMITS
+    payload: bytes | bytearray, props: Properties | None, limits: Limits = DEFAULT_LIMITS
 ) -> InferReply | ErrorReply:
     """Decode a reply (outputs or error); raises only ``ProtocolError``."""
     if len(payload) > limits.max_payload_bytes:

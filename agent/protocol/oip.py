@@ -20,7 +20,7 @@ from agent.protocol.messages import InferReply
 from agent.protocol.tensors import check_shape, element_count
 
 
-def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
+def parse_body(body: bytes | bytearray, limits: Limits) -> dict[str, Any]:
     """Parse a JSON object body (size already checked by the caller)."""
     try:
         doc = json.loads(body)

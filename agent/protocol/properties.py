@@ -105,7 +105,7 @@ def _read_user_properties(buffer: bytes, at: int, end: int, pairs: list[tuple[st
         at += 1
 
 
-class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyped
+class WireProperties(Properties):
     """paho ``Properties`` with one-pass PUBLISH packing and unpacking and shared tables."""
 
     types = _TABLES.types
@@ -164,10 +164,10 @@ class WireProperties(Properties):  # type: ignore[misc]  # paho's class is untyp
         only once the whole block has parsed, so a malformed block leaves none behind.
         """
         if self.packetType != PacketTypes.PUBLISH:
-            return super().unpack(buffer)  # type: ignore[no-any-return]
+            return super().unpack(buffer)
         attrs = vars(self)
-        for name in [n for n in attrs if n not in _INTERNAL]:
-            del attrs[name]
+        for stale in [n for n in attrs if n not in _INTERNAL]:
+            del attrs[stale]
         length, at = _read_variable_int(buffer, 0)
         end = at + length
         if end > len(buffer):
@@ -220,4 +220,4 @@ def install() -> None:
     if getattr(_packet, "Properties", None) is not Properties and getattr(_packet, "Properties", None) is not WireProperties:
         raise RuntimeError("paho.mqtt._packet no longer decodes properties with paho's Properties: "
                            "agent/protocol/properties.py needs a look at this paho version")
-    _packet.Properties = WireProperties
+    _packet.Properties = WireProperties  # type: ignore[attr-defined]  # not exported: replacing it is install()'s job

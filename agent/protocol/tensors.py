@@ -63,7 +63,8 @@ def _parse(value: str, limits: Limits) -> tuple[str, np.dtype, tuple[int, ...], 
     try:
         dims = [int(d) for d in shape_text.split(",")] if shape_text else []
     except ValueError:
-        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"shape {shape_text[:80]!r} is not a comma-separated list of integers") from None
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH,
+                            f"shape {shape_text[:80]!r} is not a comma-separated list of integers") from None
     shape = check_shape(dims, limits)
     return name, dtype, shape, element_count(shape) * dtype.itemsize
 
@@ -86,7 +87,7 @@ def header(name: str, array: np.ndarray) -> str:
     return f"{name};{dtype.name};{','.join(map(str, array.shape))}"
 
 
-def decode(headers: Sequence[str], body: bytes, limits: Limits) -> dict[str, np.ndarray]:
+def decode(headers: Sequence[str], body: bytes | bytearray, limits: Limits) -> dict[str, np.ndarray]:
     """Decode a raw body into named arrays viewing it (read-only for ``bytes``), checking sizes before touching it."""
     if not headers:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"a raw tensor body needs at least one {TENSOR_PROPERTY} property")

@@ -319,7 +319,7 @@ class Updater:
         log.info("shadow evaluation of %s/%s v%s: %s %s", task, m.name, m.version, verdict.reason, verdict.numbers())
         return verdict
 
-    def _swap(self, task: str, model: LocalModel, into_store: Callable[[], None]) -> None:
+    def _swap(self, task: str, model: LocalModel, into_store: Callable[[], object]) -> None:
         """Put the new version in the store and in service, unless the agent is stopping (see ``stop``)."""
         with self._swap_lock:
             if self._stopping:

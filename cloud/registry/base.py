@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from typing_extensions import Self
+
 
 class ModelState(str, Enum):
     """Where a model version is in its rollout."""
@@ -124,8 +126,10 @@ class Registry(ABC):
 
     @abstractmethod
     def device_history(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The device's latest heartbeats and presence changes, newest first:
-        ``{"at": seconds, "event": "heartbeat"|"online"|"offline", "data": heartbeat or {}}``."""
+        """The device's latest heartbeats and presence changes, newest first.
+
+        Each is ``{"at": seconds, "event": "heartbeat"|"online"|"offline", "data": heartbeat or {}}``.
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -153,7 +157,7 @@ class Registry(ABC):
         self.set_model_state(task, name, to, ModelState.ACTIVE, reason="rollback")
         return to
 
-    def __enter__(self) -> Registry:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:

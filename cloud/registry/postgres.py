@@ -38,7 +38,8 @@ class PostgresRegistry(SqlRegistry):
             with self._transaction(write=True) as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 if schema_name is not None:
-                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name)))
+                    create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name))
+                    cur.execute(create.as_string(self._db))
                     self._use_schema(self._db)
                 for statement in schema("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"):
                     cur.execute(statement)

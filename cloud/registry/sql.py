@@ -33,9 +33,11 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def reconnecting(method: Method) -> Method:
-    """Run a registry call; when it failed because the database connection was lost (a database restart,
-    a dropped link), reconnect once and run it again. Every call is one transaction, so the failed one left
-    nothing behind (unless the commit itself was lost, when a repeated heartbeat is kept twice at worst)."""
+    """Run a registry call, and once more after reconnecting when the database connection was lost.
+
+    A database restart or a dropped link is survived. Every call is one transaction, so the failed one left
+    nothing behind (unless the commit itself was lost, when a repeated heartbeat is kept twice at worst).
+    """
 
     @functools.wraps(method)
     def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:

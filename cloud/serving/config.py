@@ -143,7 +143,7 @@ def load_cloud_config(path: str | None, overrides: Mapping[str, tuple[DataPath, 
     """
     document = parse_document(read_text(path, "a config file"), path) if path is not None else Document({}, SourceMap())
     for flag, (data_path, value) in (overrides or {}).items():
-        node = document.data
+        node: dict[Any, Any] = document.data  # a YAML tree: str keys here, list indexes elsewhere in a data path
         for key in data_path[:-1]:
             if not isinstance(node.get(key), dict):
                 node[key] = {}

@@ -112,8 +112,11 @@ class Coordinator:
         return [p.pid for p in self._workers]
 
     def status(self) -> dict[str, Any]:
-        """The cloud status from every fresh worker report: this host's workers once they report (so they are
-        subscribed) and while they run, and other serve hosts' workers while they keep reporting."""
+        """The cloud status from every fresh worker report.
+
+        That is this host's workers once they report (so they are subscribed) and while they run, and
+        other serve hosts' workers while they keep reporting.
+        """
         gone = {p.name for p in self._workers if not p.is_alive()}  # a killed worker's last report is still fresh
         return cloud_status(self._reports.fresh(exclude=gone), self.template.max_queue)
 
@@ -193,8 +196,11 @@ class Coordinator:
             process.join(10)
 
     def _say_goodbye(self) -> None:
-        """Mark this coordinator offline; the status left behind counts only other hosts' workers, so it says
-        unhealthy only when no other host's workers are fresh."""
+        """Mark this coordinator offline.
+
+        The status left behind counts only other hosts' workers, so it says unhealthy only when no
+        other host's workers are fresh.
+        """
         if not self._client.is_connected():
             return
         self._client.publish(self.presence_topic, OFFLINE, qos=1, retain=True,
@@ -211,8 +217,10 @@ class Coordinator:
 
 
 def _offline_expiry(packet_type: int) -> WireProperties:
-    """An instance's retained ``offline`` mark expires after a day: instance ids are host-pid, so
-    without an expiry every restart would leave one more on the broker forever."""
+    """An instance's retained ``offline`` mark, which expires after a day.
+
+    Instance ids are host-pid, so without an expiry every restart would leave one more on the broker forever.
+    """
     props = WireProperties(packet_type)
     props.set("MessageExpiryInterval", OFFLINE_KEPT_S)
     return props

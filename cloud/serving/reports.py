@@ -33,7 +33,7 @@ class WorkerReports:
         self._reports: dict[str, tuple[float, Report]] = {}  # worker id -> (received, report)
         self._lock = threading.Lock()
 
-    def add(self, payload: bytes) -> None:
+    def add(self, payload: bytes | bytearray) -> None:
         """Keep one report; ValueError when it is not a JSON object naming its worker."""
         try:
             report = json.loads(payload)

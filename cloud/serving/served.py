@@ -170,5 +170,5 @@ def load_served(store: ModelStore, threads: int, max_batch: int, registry: Activ
         metrics = [live(s) for s in versions]
         if not all(m and m.get(FEEDBACK_N, 0) >= FEEDBACK_MIN_N for m in metrics):
             metrics = [None] * len(versions)  # one measure for all of a task's models, or none
-        loaded[task] = [load_model(s, threads, max_batch, m) for s, m in zip(versions, metrics)]
+        loaded[task] = [load_model(s, threads, max_batch, m) for s, m in zip(versions, metrics, strict=True)]
     return loaded

@@ -52,8 +52,11 @@ class WorkerStats:
 
     def report(self, worker_id: str, models: dict[str, list[ServedModel]], depths: Counter[tuple[str, str]],
                max_queue: int) -> dict[str, Any]:
-        """The status report: totals and queue capacity, then per task its queue depth, p50/p99, models (with
-        their run-time EWMAs) and decisions."""
+        """The status report.
+
+        Totals and queue capacity, then per task its queue depth, p50/p99, models (with their run-time
+        EWMAs) and decisions.
+        """
         tasks = {}
         for task, served in models.items():
             window = self._latency.get(task)

@@ -32,7 +32,8 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ArchConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()}
+        return cls(**fields)
 
     def replace(self, **changes: Any) -> ArchConfig:
         return ArchConfig.from_dict({**self.as_dict(), **changes})
@@ -42,7 +43,7 @@ def _spatial_after(config: ArchConfig) -> int:
     """Spatial size (length, or side of the square image) after the conv blocks."""
     size = config.input_shape[-1]
     pools = config.pools or (1,) * len(config.channels)
-    for kernel, stride, pool in zip(config.kernels, config.strides, pools):
+    for kernel, stride, pool in zip(config.kernels, config.strides, pools, strict=True):
         size = (size + 2 * (kernel // 2) - kernel) // stride + 1
         size //= pool
     return size
@@ -60,7 +61,8 @@ def build(config: ArchConfig) -> nn.Sequential:
     else:
         in_channels = config.input_shape[0]
     pools = config.pools or (1,) * len(config.channels)
-    for out_channels, kernel, stride, pool_size in zip(config.channels, config.kernels, config.strides, pools):
+    blocks = zip(config.channels, config.kernels, config.strides, pools, strict=True)
+    for out_channels, kernel, stride, pool_size in blocks:
         layers += [conv(in_channels, out_channels, kernel, stride, kernel // 2), norm(out_channels), nn.ReLU()]
         if pool_size > 1:
             layers.append(pool(pool_size))
