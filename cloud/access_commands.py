@@ -32,7 +32,11 @@ def run_acl(args: argparse.Namespace) -> int:
     except FleetError as exc:
         print(f"fedge-cloud acl: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    files = write_access_files(fleet, args.out)
+    try:
+        files = write_access_files(fleet, args.out)
+    except OSError as exc:
+        print(f"fedge-cloud acl: cannot write to {args.out}: {exc.strerror} ({exc.filename})", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     print(f"wrote {files.passwords} and {files.acl} for {len(files.secrets)} users")
     if files.created:
         print(f"new secrets in {args.out / 'secrets'}/: {', '.join(files.created)}")

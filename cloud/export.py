@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # what onnx.load raises
 from torch import nn
 
 from agent.manifest import TensorSpec
@@ -35,7 +36,7 @@ def export_onnx(model: nn.Module, config: ArchConfig, path: Path) -> Path:
     return path
 
 
-_ELEM_TO_NUMPY = {
+_ELEM_TO_NUMPY: dict[int, str] = {  # keys: onnx.TensorProto.DataType, an int
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.DOUBLE: "float64",
@@ -47,8 +48,16 @@ _ELEM_TO_NUMPY = {
 
 
 def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs of an ONNX file, for its manifest (dynamic dims as None)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    """Input and output specs of an ONNX file, for its manifest (dynamic dims as None).
+
+    ValueError naming the file when it is not an ONNX model (a user may hand any file to ``models publish``).
+    """
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except DecodeError:
+        raise ValueError(f"{path}: not an ONNX model (cannot be decoded)") from None
+    if not graph.input or not graph.output:
+        raise ValueError(f"{path}: not an ONNX model (no graph inputs or outputs)")
     initializers = {i.name for i in graph.initializer}
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -122,7 +122,8 @@ def add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         " time: a signed rollback to the previous version (the active one, else the newest older one the"
         " group runs) goes to the group and the version is retired. That rollback is checked and signed"
         " before the canary starts: with no signed earlier version the rollout refuses to start (exit 2)"
-        " unless --first-release says there is none. Exit 0 when promoted, 1 when rolled back or withdrawn.",
+        " unless --first-release says there is none. Ctrl-C while waiting undoes the canary the same way."
+        f" Exit 0 when promoted, 1 when rolled back or withdrawn, {int(ExitCode.INTERRUPTED)} when interrupted.",
     )
     parser.add_argument("--task", required=True, help="task, e.g. mnist1d")
     parser.add_argument("--version", type=int, required=True, help="signed store version to release")
@@ -163,4 +164,6 @@ def run_rollout(args: argparse.Namespace) -> int:
         print(json.dumps(summary(result, plan), indent=2))
     else:
         print(f"{plan.task}/{plan.name} v{plan.version}: {result.outcome} ({result.reason})")
+    if result.interrupted:
+        return ExitCode.INTERRUPTED
     return ExitCode.OK if result.outcome == "promoted" else ExitCode.FAILURE

@@ -4,7 +4,7 @@ The release is signed and retained on the group's release topic; the model
 file is retained on its artifact topic. Canary devices report through their
 heartbeats what became of the release (installed, or refused by their shadow
 gate with a reason). All canaries on the new version → the release goes to the
-whole group and the version becomes ACTIVE; any refusal or silence → a signed
+whole group and the version becomes ACTIVE; any refusal, silence or Ctrl-C → a signed
 rollback to the previous version goes to the group and the version is RETIRED,
 with the reason in the registry's history.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ class RolloutResult:
     canary: list[str]
     reason: str
     previous: int | None
+    interrupted: bool = False  # the operator stopped the wait (Ctrl-C): the canary was undone, not judged
 
 
 def signed_release(stored: StoredModel, action: Action, group: str, devices: list[str] | None,
@@ -133,6 +134,20 @@ class Rollout:
         release = signed_release(stored, "install", plan.group, canary, self.key)
         back = self._way_back(plan, release)
         self.registry.add_model(plan.task, plan.name, plan.version, metrics=stored.manifest.metrics)
+        try:
+            healthy, why = self._canary(plan, stored, canary, release)
+        except KeyboardInterrupt:  # never leave a canary half-released: undo it as a failed one
+            undone = self._roll_back(plan, canary, back, "interrupted before the canary reported")
+            return replace(undone, interrupted=True)
+        if healthy:
+            self.channel.publish_release(signed_release(stored, "install", plan.group, None, self.key))
+            self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.ACTIVE,
+                                          f"canary healthy ({why}); released to group {plan.group}")
+            return RolloutResult("promoted", canary, why, None if back is None else back.stored.manifest.version)
+        return self._roll_back(plan, canary, back, why)
+
+    def _canary(self, plan: RolloutPlan, stored: StoredModel, canary: list[str], release: Release) -> tuple[bool, str]:
+        """Release to the canary and wait for its verdict: (healthy, why)."""
         self.channel.publish_artifact(stored)
         self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.CANARY,
                                       f"canary on {', '.join(canary)} of group {plan.group}")
@@ -147,15 +162,8 @@ class Rollout:
             return found is not None
 
         if not self.channel.wait_until(decided, plan.health_timeout_s):
-            silent = f"no report on v{plan.version} from the canary within {plan.health_timeout_s:g} s"
-            verdict["result"] = (False, silent)
-        healthy, why = verdict["result"]
-        if healthy:
-            self.channel.publish_release(signed_release(stored, "install", plan.group, None, self.key))
-            self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.ACTIVE,
-                                          f"canary healthy ({why}); released to group {plan.group}")
-            return RolloutResult("promoted", canary, why, None if back is None else back.stored.manifest.version)
-        return self._roll_back(plan, canary, back, why)
+            return False, f"no report on v{plan.version} from the canary within {plan.health_timeout_s:g} s"
+        return verdict["result"]
 
     def _releasable(self, stored: StoredModel) -> StoredModel:
         """``stored``, if its manifest carries this key's signature (what agents will check)."""
@@ -174,7 +182,7 @@ class Rollout:
         """
         previous = self._previous(plan)
         if previous is None:
-            problem = (f"no earlier version of {plan.task}/{plan.name} to roll back to (none is active in the"
+            problem = (f"no earlier version of {plan.task}/{plan.name} to roll back to (no other version is active in the"
                        f" registry and no device of group {plan.group!r} runs an older one)")
         else:
             try:
@@ -199,6 +207,9 @@ class Rollout:
                               for d in self.registry.devices()) or "none"
             raise RolloutError(f"no online device of group {plan.group!r} runs task {plan.task!r}"
                                f" (devices the registry knows: {known}); is the device listener running?")
+        if all(d.models[plan.task] == str(plan.version) for d in devices):  # e.g. the same rollout run twice
+            raise RolloutError(f"every online device of group {plan.group!r} ({', '.join(d.device_id for d in devices)})"
+                               f" already runs v{plan.version} of {plan.task}: nothing to roll out")
         return [d.device_id for d in devices]
 
     def _previous(self, plan: RolloutPlan) -> int | None:

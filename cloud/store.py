@@ -9,8 +9,8 @@ reader never sees a manifest without its file.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +41,17 @@ def publish(
     parent: Manifest | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> StoredModel:
-    """Add ``onnx_file`` as the next version of ``task/name`` and return it."""
+    """Add ``onnx_file`` as the next version of ``task/name`` and return it; ValueError if it is no ONNX model."""
+    inputs, outputs = io_specs(onnx_file)  # before anything is written: a file that is no model adds no version
     versions = store.versions(task, name)
     version = (versions[-1] + 1) if versions else 1
     model_dir = store.root / task / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    staging = model_dir / f".{version}-{secrets.token_hex(8)}"
+    staging.mkdir()  # not mkdtemp: its 0700 would keep every other user (a service running serve) out of the release
     try:
         target = staging / "model.onnx"
         shutil.copyfile(onnx_file, target)
-        inputs, outputs = io_specs(target)
         manifest = Manifest(
             task=task,
             name=name,

@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
+from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles
 from agent.profile.problems import ProfileError
 from agent.profile.yaml_source import DataPath
@@ -19,6 +20,7 @@ from cloud.registry.base import RegistryUnavailable
 from cloud.registry.open import default_registry
 from cloud.serving.config import CloudConfig, load_cloud_config, resolve_password
 from cloud.serving.coordinator import Coordinator
+from cloud.serving.served import served_models
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
 from cloud.zoo.commands import add_store_option
@@ -53,8 +55,8 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         " flags override it. Serve hosts sharing a broker each publish the status of all their workers together."
         " SIGTERM or SIGINT stops everything; the cloud status turns unhealthy unless another serve host's"
         " workers are still reporting."
-        f" Exit codes: {int(ExitCode.INVALID_INPUT)} bad config or flags, {int(ExitCode.UNAVAILABLE)} broker"
-        " unreachable or refused.",
+        f" Exit codes: {int(ExitCode.INVALID_INPUT)} bad config or flags, {int(ExitCode.UNAVAILABLE)} broker or"
+        " registry unreachable or refused.",
     )
     parser.add_argument("--config", metavar="FILE", help="serve config YAML (broker, credentials, TLS, workers,"
                         " store, registry, models); errors are reported at file:line:col")
@@ -95,17 +97,22 @@ def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[Worke
         address = BrokerAddress.parse(args.broker)
         host, port = address.host, address.port
         tls = address.tls_files(tls)
-    store = args.store or (config.resolve_path(config.store) if config.store else default_store_root())
     settings = WorkerSettings(
-        store=Path(store), host=host, port=port, worker_id=instance_name(), topic_prefix=b.topic_prefix,
+        store=store_root(config, args), host=host, port=port, worker_id=instance_name(), topic_prefix=b.topic_prefix,
         share_group=w.share_group, max_batch=w.max_batch, max_delay_ms=w.max_delay_ms, max_queue=w.max_queue,
         threads=w.threads, status_interval_s=w.status_interval_s, tls=tls, username=b.username,
-        password=resolve_password(b, "broker", config), keepalive_s=b.keepalive_s, registry_url=config.registry or default_registry(),
+        password=resolve_password(b, "broker", config), keepalive_s=b.keepalive_s,
+        registry_url=config.registry or default_registry(),
         models={task: list(names) for task, names in config.models.items()} if config.models else None)
     coordinator = b.coordinator
     if coordinator is None:
         return settings, None, None
     return settings, coordinator.username, resolve_password(coordinator, "broker.coordinator", config)
+
+
+def store_root(config: CloudConfig, args: argparse.Namespace) -> Path:
+    """--store, else the config's store (relative to the config file), else $FEDGE_STORE or ./store."""
+    return Path(args.store or (config.resolve_path(config.store) if config.store else default_store_root()))
 
 
 def _fail(problem: object) -> int:
@@ -124,10 +131,20 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(exc)
     if args.validate:
+        store = store_root(config, args)
         w = config.workers
         broker = args.broker or f"{config.broker.host}:{config.broker.port}"
         print(f"{args.config or '(no config file)'}: ok: broker {broker}, {w.count} workers, max batch"
-              f" {w.max_batch}, store {args.store or config.store or default_store_root()}")
+              f" {w.max_batch}, store {store}")
+        try:  # a config may be checked where the models are not (CI): say so, but it stays valid
+            served = served_models(ModelStore(store), None, config.models)  # no registry: it would create a file
+        except (LookupError, ManifestError) as exc:
+            served, problem = {}, f"serve would not start: {exc}"
+        else:
+            problem = "it holds no <task>-cloud model: serve would not start"
+        named = [f"{m.manifest.name} v{m.manifest.version}" for versions in served.values() for m in versions]
+        print(f"store {store}: " + (", ".join(named) if named else problem),
+              file=sys.stdout if named else sys.stderr)
         return ExitCode.OK
     try:
         template, username, password = build_settings(config, args)
@@ -135,8 +152,11 @@ def run_serve(args: argparse.Namespace) -> int:
                                   username=username, password=password)
     except ProfileError as exc:
         return _fail("\n".join(str(p) for p in exc.problems))
-    except (ValueError, LookupError, ManifestError, RegistryUnavailable) as exc:
+    except (ValueError, LookupError, ManifestError) as exc:
         return _fail(exc)
+    except RegistryUnavailable as exc:
+        print(f"fedge-cloud serve: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: coordinator.stop())
     print(f"fedge-cloud serve: starting {config.workers.count} workers on {template.host}:{template.port}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
@@ -107,6 +108,7 @@ class Worker:
         self.queue = JobQueue(settings.max_queue)
         self.stats = WorkerStats()
         self._stop = threading.Event()
+        self._last_request = 0.0  # time.monotonic() of the last request received
         self._client = new_client(f"fedge-worker-{settings.worker_id}", tls=settings.tls, username=settings.username,
                                   password=settings.password)
         self._client.on_message = self._on_message
@@ -119,6 +121,7 @@ class Worker:
         runner.start()
         while not self._stop.wait(self.settings.status_interval_s):
             self._client.publish(self.status_topic, json.dumps(self.status()), qos=0)
+        self._leave_share_group()
         self.queue.close()
         runner.join(10)
         self._client.disconnect()
@@ -126,6 +129,22 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _leave_share_group(self, quiet_s: float = 0.25, timeout_s: float = 5.0) -> None:
+        """Take no more requests, and queue every one the broker had already given this worker.
+
+        The broker keeps sending those after its UNSUBACK (they wait in this client's session, paced by the
+        in-flight window) and drops what is left when the client disconnects: so leave only once no request
+        came for ``quiet_s``. A request in flight to a worker that stops is then answered, not lost.
+        """
+        left = threading.Event()
+        self._client.on_unsubscribe = lambda *_: left.set()
+        if self._client.unsubscribe(self.topics.shared_infer(self.settings.share_group))[0] != mqtt.MQTT_ERR_SUCCESS:
+            return  # not connected: nothing more is coming
+        deadline = time.monotonic() + timeout_s
+        left.wait(timeout_s)
+        while time.monotonic() - self._last_request < quiet_s and time.monotonic() < deadline:
+            time.sleep(quiet_s / 5)
 
     @property
     def status_topic(self) -> str:
@@ -136,8 +155,12 @@ class Worker:
 
     # -- receiving (network thread) -----------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        """Answer or queue one request. Nothing may escape: paho re-raises a callback's exception, and its
-        network thread would die silently (no replies, nothing received, and nobody notices)."""
+        """Answer or queue one request.
+
+        Nothing may escape: paho re-raises a callback's exception, and its network thread would die
+        silently (no replies, nothing received, and nobody notices).
+        """
+        self._last_request = time.monotonic()
         target: tuple[str, Properties | None] | None = None
         request: InferRequest | None = None
         try:
@@ -207,7 +230,7 @@ class Worker:
         try:
             x = np.concatenate([job.request.tensor for job in batch]).astype(np.float32, copy=False)
             probs = model.run(x)
-        except Exception as exc:  # a bad batch fails its own requests, never the worker
+        except Exception as exc:  # noqa: BLE001  # a bad batch fails its own requests, never the worker
             for job in batch:
                 self._fail(job, f"model run failed: {exc}")
             return
@@ -282,11 +305,20 @@ def check_fusion(request: InferRequest) -> None:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Process entry point: serve until SIGTERM."""
+    """Process entry point: serve until SIGTERM, or SIGINT (a terminal's Ctrl-C reaches every worker too)."""
     import signal
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {settings.worker_id} %(levelname)s %(message)s")
     worker = Worker(settings)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    coordinator = multiprocessing.parent_process()
+    if coordinator is not None:  # killed without a goodbye (SIGKILL, OOM): no orphan keeps taking requests
+
+        def stop_with_coordinator() -> None:
+            coordinator.join()
+            worker.stop()
+
+        threading.Thread(target=stop_with_coordinator, name="fedge-worker-orphan-watch", daemon=True).start()
     log.info("serving %s", ", ".join(f"{m.task}: {m.name} v{m.version}" for m in worker._all))
     worker.run()

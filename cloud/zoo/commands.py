@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from agent.command_line import print_help_of
 from agent.exit_codes import ExitCode
@@ -20,7 +21,7 @@ from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.registry import ModelRecord, RegistryUnavailable, existing_registry
 from cloud.registry.open import add_registry_option
 from cloud.store import default_store_root
-from cloud.zoo.tasks import TASKS, DataOptions, UnknownTask
+from cloud.zoo.tasks import TASKS, DataOptions, UnknownTask, get_task
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -55,16 +56,24 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def run_train(args: argparse.Namespace) -> int:
     from cloud.zoo.pipeline import train_and_publish  # torch loads only for commands that train
 
-    if args.epochs is not None and args.epochs < 1:
-        print("fedge-cloud train: --epochs must be at least 1", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
+    for flag, value in (("--epochs", args.epochs), ("--train-size", args.train_size), ("--test-size", args.test_size)):
+        if value is not None and value < 1:
+            print(f"fedge-cloud train: {flag} must be at least 1", file=sys.stderr)
+            return ExitCode.INVALID_INPUT
+    store = store_of(args)
     try:
+        get_task(args.task)  # a typo leaves no empty store behind
+        store.root.mkdir(parents=True, exist_ok=True)  # a store that cannot be written fails now, not after training
         result = train_and_publish(
-            store_of(args), args.task, args.model, epochs=args.epochs, seed=args.seed,
+            store, args.task, args.model, epochs=args.epochs, seed=args.seed,
             data=DataOptions(train_size=args.train_size, test_size=args.test_size), progress=not args.no_progress,
         )
     except UnknownTask as exc:
         print(f"fedge-cloud train: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except OSError as exc:
+        print(f"fedge-cloud train: cannot write the store {store.root}: {exc.strerror} ({exc.filename})",
+              file=sys.stderr)
         return ExitCode.INVALID_INPUT
     m = result.stored.manifest
     print(f"{m.task}/{m.name} v{m.version}: test accuracy {result.test_accuracy:.2%}, "
@@ -96,7 +105,27 @@ def add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     parser.set_defaults(run=print_help_of(parser))
 
 
-def _row(stored: StoredModel) -> dict[str, object]:
+class _Row(TypedDict):
+    """One model in ``models list`` (and its --json)."""
+
+    task: str
+    name: str
+    version: int
+    path: str
+    size_bytes: int
+    metrics: dict[str, float]
+    parent: str | None
+    created_at: str
+
+
+class _ListedRow(_Row, total=False):
+    """With a registry: the version's state and the metrics serving recorded."""
+
+    state: str | None
+    registry_metrics: dict[str, float]
+
+
+def _row(stored: StoredModel) -> _ListedRow:
     m = stored.manifest
     return {"task": m.task, "name": m.name, "version": m.version, "path": str(stored.model_path),
             "size_bytes": m.size_bytes, "metrics": m.metrics, "parent": m.parent_name and f"{m.parent_name} v{m.parent_version}",
@@ -125,7 +154,8 @@ def run_models_list(args: argparse.Namespace) -> int:
     except (ValueError, RegistryUnavailable) as exc:
         print(f"fedge-cloud models list: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT if isinstance(exc, ValueError) else ExitCode.UNAVAILABLE
-    rows, problems = [], []
+    rows: list[_ListedRow] = []
+    problems: list[str] = []
     for entry in store.all():
         if isinstance(entry, ManifestError):
             problems.append(str(entry))
@@ -133,7 +163,7 @@ def run_models_list(args: argparse.Namespace) -> int:
             rows.append(_row(entry))
     if states is not None:
         for r in rows:
-            record = states.get((r["task"], r["name"], r["version"]))  # type: ignore[arg-type]
+            record = states.get((r["task"], r["name"], r["version"]))
             r["state"] = record.state.value if record else None
             r["registry_metrics"] = record.metrics if record else {}  # incl. the cloud's live latency_ms_b<n>
     for problem in problems:
@@ -146,11 +176,12 @@ def run_models_list(args: argparse.Namespace) -> int:
         state_head = "" if states is None else f"{'state':<8} {'b1 ms':>7} {'feedback':>14} "
         print(f"{'task':<9} {'name':<22} {'ver':>3} {state_head}{'accuracy':>8} {'KiB':>7}  path")
         for r in rows:
-            accuracy = r["metrics"].get("test_accuracy")  # type: ignore[union-attr]
+            accuracy = r["metrics"].get("test_accuracy")
             shown = f"{accuracy:.2%}" if isinstance(accuracy, float) else "-"
             registry_metrics = r.get("registry_metrics", {})
-            live = registry_metrics.get("latency_ms_b1")  # type: ignore[attr-defined]
-            state = "" if states is None else f"{r['state'] or '-':<8} {'-' if live is None else f'{live:.2f}':>7}" \
-                f" {_feedback(registry_metrics):>14} "
-            print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {state}{shown:>8} {int(r['size_bytes']) / 1024:>7.1f}  {r['path']}")  # type: ignore[call-overload]
+            live = registry_metrics.get("latency_ms_b1")
+            live_ms = "-" if live is None else f"{live:.2f}"
+            state = "" if states is None else f"{r['state'] or '-':<8} {live_ms:>7} {_feedback(registry_metrics):>14} "
+            kib = r["size_bytes"] / 1024
+            print(f"{r['task']:<9} {r['name']:<22} {r['version']:>3} {state}{shown:>8} {kib:>7.1f}  {r['path']}")
     return ExitCode.INVALID_INPUT if problems else ExitCode.OK
