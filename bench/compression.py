@@ -8,6 +8,8 @@ small edge architecture shows where int8 alone stops paying: on a model of a
 few thousand weights the QDQ scales and graph overhead are a large part of
 the file, so its size ratio stays far from the cloud model's.
 
+The search chooses on held-out validation data (the end of the training set,
+which no zoo model trains on); the test set only reports the chosen variant.
 Goals (chosen variant of the cloud architecture, vs its fp32 export):
 size <= 0.3x, latency at batch 32 <= 0.35x, accuracy drop <= 0.5 point;
 the fp32 cloud model reaches the paper's CNN accuracy (94%) on MNIST-1D.
@@ -17,22 +19,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.model_store import ModelStore
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import data_options, train_zoo
+from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
 from cloud.compress.report import plot, report_document
-from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.search import search, trained_model
 from cloud.zoo.tasks import DataOptions, get_task
 
 TASKS = ("mnist1d", "digits")
 BUDGET_POINTS = 0.5
+Base = Literal["cloud", "edge"]  # Recipe.base: which zoo architecture is compressed
+BASES: tuple[Base, ...] = ("cloud", "edge")
 
 
-def _recipe(base: str, quick: bool) -> Recipe:
+def _recipe(base: Base, quick: bool) -> Recipe:
     if quick:
         return Recipe(base=base, pruning=Pruning(structured=Structured(keep_ratios=[1.0, 0.5]),
                                                  unstructured=Unstructured(sparsities=[]), finetune_epochs=1),
@@ -58,7 +62,7 @@ def run_task(task: str, store: ModelStore, workdir: Path, quick: bool) -> dict[s
     data = data_options(quick)
     train_zoo(store, task, quick)
     out: dict[str, Any] = {"distillation": _distillation(task, store, data, quick)}
-    for base in ("cloud", "edge"):
+    for base in BASES:
         print(f"compression: {task}, compressing the {base} architecture")
         result = search(store, task, _recipe(base, quick), workdir / task / base, max_drop_points=BUDGET_POINTS, data=data)
         out[base] = report_document(result)

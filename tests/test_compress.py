@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 
 from agent.model_store import ModelStore
 from agent.session import open_session
@@ -46,7 +48,7 @@ def data():  # type: ignore[no-untyped-def]
 
 def test_structured_pruning_really_removes_parameters_and_flops(store: ModelStore, tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
     _, model, config = trained_model(store, "mnist1d", "cloud")
-    same, same_config = prune_structured(model, config, 1.0)
+    same, _ = prune_structured(model, config, 1.0)
     x = torch.from_numpy(data.x_test[:16])
     with torch.no_grad():
         torch.testing.assert_close(same(x), model(x))  # keeping everything copies every weight to its place
@@ -142,7 +144,7 @@ def _compress(store: ModelStore, tmp_path: Path, recipe: str, budget: str) -> su
     return subprocess.run(
         [FEDGE_CLOUD, "compress", "--task", "mnist1d", "--recipe", str(tmp_path / "recipe.yaml"), "--store", str(copy),
          "--out", str(tmp_path / "report"), "--max-accuracy-drop", budget],
-        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, check=False, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
 
 
@@ -175,3 +177,48 @@ def test_compress_with_no_variant_in_budget_names_the_best(store: ModelStore, tm
     assert "no variant within 0.5 points; the best was channels10-l1+" in result.stderr
     assert "Traceback" not in result.stderr
     assert ModelStore(tmp_path / "store").versions("mnist1d", "mnist1d-edge") == [1]
+
+
+def test_search_chooses_on_validation_data_never_on_the_test_set(
+        store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloud.compress.recipe import Recipe
+    from cloud.compress.search import search
+    from cloud.zoo.tasks import TASKS, Dataset
+
+    recipe = Recipe.model_validate(yaml.safe_load(QUICK))
+    honest = search(store, "mnist1d", recipe, tmp_path / "honest", max_drop_points=0.5, data=DATA, log=lambda _: None)
+    assert [v.name for v in honest.within_budget] == [
+        v.name for v in honest.variants if honest.validation_drop_points(v) <= 0.5]
+
+    load = get_task("mnist1d").load
+
+    def scrambled_test_labels(options: DataOptions) -> Dataset:
+        d = load(options)
+        return Dataset(d.x_train, d.y_train, d.x_test, np.roll(d.y_test, 1))
+
+    monkeypatch.setitem(TASKS, "mnist1d", dataclasses.replace(TASKS["mnist1d"], load=scrambled_test_labels))
+    blind = search(store, "mnist1d", recipe, tmp_path / "blind", max_drop_points=0.5, data=DATA, log=lambda _: None)
+    assert blind.reference.measurement.accuracy < honest.reference.measurement.accuracy - 0.3  # the test set changed
+    assert [v.name for v in blind.within_budget] == [v.name for v in honest.within_budget]  # the choice did not
+
+
+def test_compress_reports_each_variant_before_fine_tuning_the_next(store: ModelStore, tmp_path: Path) -> None:
+    """Fine-tuning takes minutes per variant on a small CPU: the user sees each step as it starts and ends."""
+    from cloud.compress.recipe import Recipe
+    from cloud.compress.search import search
+
+    recipe = Recipe.model_validate({
+        "distillation": None, "latency_repeats": 5, "quantization": {"modes": ["fp32"]},
+        "pruning": {"structured": {"keep_ratios": [1.0, 0.5]}, "unstructured": {"sparsities": []}, "finetune_epochs": 1},
+    })
+    lines: list[str] = []
+    search(store, "mnist1d", recipe, tmp_path / "variants", max_drop_points=100, data=DATA, log=lines.append)
+    assert [line.split()[0] for line in lines] == ["none+fp32", "fine-tuning", "channels50-l1+fp32"], lines
+    assert lines[1] == "  fine-tuning channels50-l1 (1 epochs)"
+
+
+@pytest.mark.parametrize("budget", ["-5", "nan"])
+def test_a_budget_no_variant_could_meet_is_refused_before_any_work(store: ModelStore, tmp_path: Path, budget: str) -> None:
+    result = _compress(store, tmp_path, QUICK, budget)
+    assert result.returncode == 2 and "--max-accuracy-drop must be 0 or more" in result.stderr, result.stderr
+    assert not (tmp_path / "report").exists()  # refused before the search started

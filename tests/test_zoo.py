@@ -17,9 +17,10 @@ from agent.model_store import ModelNotFound, ModelStore
 from cloud.export import export_onnx
 from cloud.store import load_checkpoint
 from cloud.zoo.architectures import ArchConfig, build
+from cloud.zoo.augment import shift_images
 from cloud.zoo.mnist1d import Mnist1dParams, generate
 from cloud.zoo.pipeline import train_and_publish
-from cloud.zoo.tasks import DataOptions, UnknownTask, get_task
+from cloud.zoo.tasks import VALIDATION_FRACTION, DataOptions, UnknownTask, get_task
 
 SMALL = DataOptions(train_size=400, test_size=200)
 FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))
@@ -29,7 +30,7 @@ def test_mnist1d_is_deterministic_for_a_seed() -> None:
     a = generate(Mnist1dParams(num_samples=300, seed=3))
     b = generate(Mnist1dParams(num_samples=300, seed=3))
     c = generate(Mnist1dParams(num_samples=300, seed=4))
-    for left, right in zip(a, b):
+    for left, right in zip(a, b, strict=True):
         np.testing.assert_array_equal(left, right)
     assert not np.array_equal(a[0], c[0])
     x_train, y_train, x_test, y_test = a
@@ -43,7 +44,7 @@ def test_default_sizes_follow_the_paper() -> None:
     data = get_task("mnist1d").load(DataOptions())
     assert (len(data.y_train), len(data.y_test)) == (4000, 1000)
     digits = get_task("digits").load(DataOptions())
-    assert digits.x_train.shape[1:] == (1, 8, 8) and 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
+    assert digits.x_train.shape[1:] == (1, 8, 8) and digits.x_train.min() >= 0.0 and digits.x_train.max() <= 1.0
 
 
 def test_unknown_task_lists_the_known_ones() -> None:
@@ -61,6 +62,32 @@ def test_exported_onnx_matches_torch(task: str, tmp_path: Path) -> None:
     onnx_out = session.run(None, {"input": x})[0]
     with torch.no_grad():
         np.testing.assert_allclose(onnx_out, model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_shifted_digits_move_by_at_most_one_pixel_and_keep_their_ink() -> None:
+    x = torch.zeros((200, 1, 8, 8))
+    x[:, 0, 3:5, 3:5] = torch.rand((200, 2, 2)) + 0.1  # ink away from the border: no shift can crop it
+    shifted = shift_images(x, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape
+    torch.testing.assert_close(shifted.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    offsets = set()
+    for before, after in zip(x, shifted, strict=True):
+        (y0, x0), (y1, x1) = before[0].nonzero()[0].tolist(), after[0].nonzero()[0].tolist()
+        offsets.add((y1 - y0, x1 - x0))
+        torch.testing.assert_close(after[0, y1:y1 + 2, x1:x1 + 2], before[0, 3:5, 3:5])
+    assert offsets == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}  # all nine, none further
+    torch.testing.assert_close(shift_images(x, torch.Generator().manual_seed(0)), shifted)  # the seed decides
+
+
+def test_zoo_models_never_train_on_the_validation_part(tmp_path: Path) -> None:
+    """Compression chooses variants on the end of the training set: the zoo must leave it unseen."""
+    store = ModelStore(tmp_path / "store")
+    result = train_and_publish(store, "digits", "edge", epochs=1, data=SMALL, progress=False)
+    full = get_task("digits").load(SMALL)
+    train, (x_val, _) = full.validation_split()
+    assert result.stored.manifest.recipe is not None
+    assert result.stored.manifest.recipe["trained"]["train_size"] == len(train.y_train) == len(full.y_train) - len(x_val)
+    assert len(x_val) == int(len(full.y_train) * VALIDATION_FRACTION) > 0
 
 
 def test_same_seed_same_model_and_store_release(tmp_path: Path) -> None:
@@ -95,7 +122,7 @@ def test_corrupt_and_truncated_files_are_named(tmp_path: Path) -> None:
     manifest_file = stored.directory / "manifest.json"
     manifest_file.write_text(manifest_file.read_text()[:40])
     result = subprocess.run([FEDGE_CLOUD, "models", "list", "--store", str(store.root)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, check=False, text=True, timeout=60)
     assert result.returncode == 2
     assert str(manifest_file) in result.stderr and "Traceback" not in result.stderr
 
@@ -104,12 +131,12 @@ def test_cli_train_and_list(tmp_path: Path) -> None:
     store = tmp_path / "store"
     train = subprocess.run(
         [FEDGE_CLOUD, "train", "--task", "digits", "--model", "edge", "--epochs", "1", "--store", str(store),
-         "--no-progress"], capture_output=True, text=True, timeout=120,
+         "--no-progress"], capture_output=True, check=False, text=True, timeout=120,
     )
     assert train.returncode == 0, train.stderr
     assert "digits/digits-edge v1" in train.stdout
     listing = subprocess.run([FEDGE_CLOUD, "models", "list", "--json", "--store", str(store)],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, check=False, text=True, timeout=60)
     rows = json.loads(listing.stdout)
     assert [(r["task"], r["name"], r["version"]) for r in rows] == [("digits", "digits-edge", 1)]
     assert 0.0 <= rows[0]["metrics"]["test_accuracy"] <= 1.0
@@ -117,6 +144,6 @@ def test_cli_train_and_list(tmp_path: Path) -> None:
 
 def test_cli_unknown_task_exits_2_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run([FEDGE_CLOUD, "train", "--task", "cifar", "--model", "edge", "--store", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, check=False, text=True, timeout=60)
     assert result.returncode == 2
     assert "known tasks: digits, mnist1d" in result.stderr and "Traceback" not in result.stderr

@@ -25,14 +25,15 @@ def add_compress(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Try every variant of the recipe's grid (structured/unstructured pruning with fine-tuning,"
         " distillation from the cloud model, fp16/dynamic/static int8), measure accuracy, size and ONNX Runtime"
         " latency at batch 1 and 32 against the fp32 export of the same architecture, pick the Pareto-best"
-        " variant whose accuracy drop is within the budget, calibrate its temperature, and add it to the store as"
+        " variant whose validation-accuracy drop is within the budget, calibrate its temperature, and add it to the store as"
         " the next version of <task>-edge. Writes report.json, report.md and report.png. Exits 1 when no variant"
         " is within the budget.",
     )
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: the built-in grid)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                        help="largest accepted test-accuracy drop in percentage points (default 1.0)")
+                        help="largest accepted drop of validation accuracy (held-out training data; the test set"
+                        " only reports) in percentage points (default 1.0)")
     parser.add_argument("--out", type=Path, default=None, help="report directory (default: reports/<task>)")
     parser.add_argument("--no-publish", action="store_true", help="report only; do not add the variant to the store")
     add_store_option(parser)
@@ -59,6 +60,10 @@ def _release(args: argparse.Namespace, result: SearchResult) -> str:
 
 def run_compress(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / args.task
+    if not args.max_accuracy_drop >= 0:  # NaN too: no variant could ever be within it
+        print(f"fedge-cloud compress: --max-accuracy-drop must be 0 or more points, got {args.max_accuracy_drop}",
+              file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     try:
         recipe = load_recipe(args.recipe)
         print(f"compress {args.task}: base {recipe.base}, budget {args.max_accuracy_drop} points")
@@ -71,11 +76,12 @@ def run_compress(args: argparse.Namespace) -> int:
     if result.chosen is None:
         best = result.best_effort()
         print(f"fedge-cloud compress: no variant within {args.max_accuracy_drop} points; the best was {best.name} "
-              f"with a drop of {result.drop_points(best):.2f} points", file=sys.stderr)
+              f"with a validation drop of {result.validation_drop_points(best):.2f} points", file=sys.stderr)
         return ExitCode.FAILURE
     c = result.chosen.measurement
     ref = result.reference.measurement
-    print(f"chosen {result.chosen.name}: accuracy {c.accuracy:.2%} (drop {result.drop_points(result.chosen):.2f} pts), "
+    print(f"chosen {result.chosen.name}: validation drop {result.validation_drop_points(result.chosen):.2f} pts, "
+          f"test accuracy {c.accuracy:.2%} (drop {result.drop_points(result.chosen):.2f} pts), "
           f"size {c.size_bytes / ref.size_bytes:.2f}x, b32 latency {c.latency_b32_ms / ref.latency_b32_ms:.2f}x, "
           f"temperature {result.calibration.temperature:.3f}" if result.calibration else "")
     if not args.no_publish:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
 from cloud.zoo.architectures import ArchConfig, build
@@ -24,13 +23,13 @@ class DistillSettings:
     epochs: int = 30
 
 
-def distill(student: nn.Module, teacher_logits: np.ndarray, data: Dataset, settings: DistillSettings, *,
+def distill(student: nn.Module, teacher: nn.Module, data: Dataset, settings: DistillSettings, *,
             seed: int, progress: bool = False, description: str = "distil") -> nn.Module:
-    """Train ``student`` in place on hard labels and the teacher's logits for ``data.x_train``."""
+    """Train ``student`` in place on hard labels and the teacher's outputs for ``data.x_train``."""
     generator = seed_everything(seed)
     return train_classifier(
         student, data.x_train, data.y_train, epochs=settings.epochs, generator=generator,
-        soft_targets=teacher_logits.astype(np.float32), alpha=settings.alpha, temperature=settings.temperature,
+        teacher=teacher, alpha=settings.alpha, temperature=settings.temperature,
         description=description, progress=progress,
     )
 
@@ -48,9 +47,8 @@ class DistillGain:
 def distillation_gain(config: ArchConfig, teacher: nn.Module, data: Dataset, settings: DistillSettings, *,
                       seed: int) -> tuple[nn.Module, DistillGain]:
     """Train the same student twice from the same seed, with and without the teacher; return the distilled one."""
-    teacher_logits = logits_of(teacher, data.x_train)
     seed_everything(seed)
-    student = distill(build(config), teacher_logits, data, settings, seed=seed)
+    student = distill(build(config), teacher, data, settings, seed=seed)
     seed_everything(seed)
     plain = build(config)
     train_classifier(plain, data.x_train, data.y_train, epochs=settings.epochs, generator=seed_everything(seed),

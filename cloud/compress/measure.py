@@ -26,7 +26,8 @@ class Measurement:
     parameters: int
     nonzero_parameters: int
     flops: int
-    accuracy: float
+    accuracy: float  # on the test set: reported, never used to choose
+    validation_accuracy: float  # on the held-out validation set: what the search chooses by
     latency_b1_ms: float
     latency_b32_ms: float
 
@@ -99,15 +100,18 @@ def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
-def measure(path: Path, x_test: np.ndarray, y_test: np.ndarray, *, repeats: int = 200) -> Measurement:
-    """All numbers for one ONNX file on one test set."""
+def measure(path: Path, test: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray], *,
+            repeats: int = 200) -> Measurement:
+    """All numbers for one ONNX file; latency on the first test samples."""
     total, nonzero = parameter_counts(path)
+    x_test, y_test = test
     return Measurement(
         size_bytes=path.stat().st_size,
         parameters=total,
         nonzero_parameters=nonzero,
         flops=flops(path),
         accuracy=accuracy(path, x_test, y_test),
+        validation_accuracy=accuracy(path, *validation),
         latency_b1_ms=latency_ms(path, x_test[:1], repeats=repeats),
         latency_b32_ms=latency_ms(path, x_test[:32], repeats=repeats),
     )

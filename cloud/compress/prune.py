@@ -21,7 +21,7 @@ from cloud.zoo.architectures import ArchConfig, build
 Norm = Literal["l1", "l2"]
 
 
-def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+def _prunable(model: nn.Module) -> list[tuple[nn.Conv1d | nn.Conv2d | nn.Linear, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
 
@@ -81,7 +81,8 @@ def prune_structured(model: nn.Sequential, config: ArchConfig, keep_ratio: float
     new_linears = [m for m in narrow if isinstance(m, nn.Linear)]
 
     kept_in = torch.arange(convs[0].in_channels)
-    for old, new, old_bn, new_bn, kept in zip(convs, new_convs, norms, new_norms, keep_channels):
+    for old, new, old_bn, new_bn, kept in zip(convs, new_convs, norms, new_norms, keep_channels, strict=True):
+        assert old.bias is not None and new.bias is not None  # build() gives every conv a bias
         new.weight.copy_(old.weight[kept][:, kept_in])
         new.bias.copy_(old.bias[kept])
         for attr in ("weight", "bias", "running_mean", "running_var"):
@@ -90,9 +91,9 @@ def prune_structured(model: nn.Sequential, config: ArchConfig, keep_ratio: float
     # Flatten is channel-major: each kept channel owns a block of `spatial` input features.
     spatial = linears[0].in_features // convs[-1].out_channels
     columns = (kept_in[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
-    for index, (old, new) in enumerate(zip(linears, new_linears)):
-        rows = keep_hidden[index] if index < len(keep_hidden) else torch.arange(old.out_features)
-        new.weight.copy_(old.weight[rows][:, columns])
-        new.bias.copy_(old.bias[rows])
+    for index, (old_fc, new_fc) in enumerate(zip(linears, new_linears, strict=True)):
+        rows = keep_hidden[index] if index < len(keep_hidden) else torch.arange(old_fc.out_features)
+        new_fc.weight.copy_(old_fc.weight[rows][:, columns])
+        new_fc.bias.copy_(old_fc.bias[rows])
         columns = rows
     return narrow.eval(), new_config

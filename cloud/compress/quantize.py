@@ -36,7 +36,7 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
 }
 
 
-class ArrayReader(CalibrationDataReader):
+class ArrayReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no types
     """Feeds calibration batches from a numpy array to ORT's calibrator."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32) -> None:

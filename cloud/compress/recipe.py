@@ -27,7 +27,9 @@ class Distillation(_Strict):
 
 class Structured(_Strict):
     norm: Literal["l1", "l2"] = "l1"
-    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0, 0.75, 0.5], min_length=1, description="Fraction of channels kept, e.g. [1.0, 0.75, 0.5]")
+    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [1.0, 0.75, 0.5, 0.25], min_length=1, description="Fraction of channels kept, e.g. [1.0, 0.75, 0.5]"
+    )
 
 
 class Unstructured(_Strict):
@@ -38,7 +40,7 @@ class Unstructured(_Strict):
 class Pruning(_Strict):
     structured: Structured = Field(default_factory=Structured)
     unstructured: Unstructured = Field(default_factory=Unstructured)
-    finetune_epochs: int = Field(30, ge=0, le=500)
+    finetune_epochs: int | None = Field(None, ge=0, le=500, description="Fine-tuning epochs (default: the task's)")
 
 
 class Quantization(_Strict):
@@ -56,7 +58,6 @@ class Recipe(_Strict):
     distillation: Distillation | None = Field(default_factory=Distillation)
     pruning: Pruning = Field(default_factory=Pruning)
     quantization: Quantization = Field(default_factory=Quantization)
-    validation_split: float = Field(0.1, gt=0, lt=0.5, description="Share of training data held out for calibration")
     latency_repeats: int = Field(200, ge=5, le=10_000)
 
 

@@ -20,6 +20,7 @@ def _row(result: SearchResult, v: Variant) -> dict[str, Any]:
         "latency_b1_ratio": round(m.latency_b1_ms / ref.latency_b1_ms, 4),
         "latency_b32_ratio": round(m.latency_b32_ms / ref.latency_b32_ms, 4),
         "accuracy_drop_points": round(result.drop_points(v), 3),
+        "validation_drop_points": round(result.validation_drop_points(v), 3),
         "size_ratio_vs_cloud": round(m.size_bytes / cloud.size_bytes, 4),
         "latency_b32_ratio_vs_cloud": round(m.latency_b32_ms / cloud.latency_b32_ms, 4),
         "within_budget": v in result.within_budget,
@@ -48,16 +49,22 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {doc['task']}",
         "",
-        f"Reference: fp32 export of the same architecture. Budget: accuracy drop <= {doc['max_accuracy_drop_points']} points."
-        f" Chosen: **{doc['chosen'] or 'none within budget'}**.",
+        (
+            f"Reference: fp32 export of the same architecture."
+            f" Budget: validation-accuracy drop <= {doc['max_accuracy_drop_points']} points"
+            f" (the choice is made on validation data; test columns only report)."
+            f" Chosen: **{doc['chosen'] or 'none within budget'}**."
+        ),
         "",
-        "| variant | accuracy | drop (pts) | KiB | size x | b1 ms | b32 ms | b32 x | params | FLOPs | |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| variant | val. acc. | val. drop (pts) | test acc. | test drop (pts) | KiB | size x | b1 ms | b32 ms | b32 x"
+         " | params | FLOPs | |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["variants"]:
         mark = "chosen" if r["chosen"] else ("pareto" if r["pareto"] else ("" if r["within_budget"] else "over budget"))
         lines.append(
-            f"| {r['variant']} | {r['accuracy']:.2%} | {r['accuracy_drop_points']:.2f} | {r['size_bytes'] / 1024:.1f} "
+            f"| {r['variant']} | {r['validation_accuracy']:.2%} | {r['validation_drop_points']:.2f} "
+            f"| {r['accuracy']:.2%} | {r['accuracy_drop_points']:.2f} | {r['size_bytes'] / 1024:.1f} "
             f"| {r['size_ratio']:.2f} | {r['latency_b1_ms']:.3f} | {r['latency_b32_ms']:.3f} | {r['latency_b32_ratio']:.2f} "
             f"| {int(r['parameters'])} | {int(r['flops'])} | {mark} |"
         )
@@ -81,7 +88,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax.axhline(doc["cloud"]["accuracy"] * 100, color="tab:green", linestyle="--", label="cloud model (fp32)")
     ax.set_xlabel("latency at batch 32 (ms, ONNX Runtime CPU)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{doc['task']}: compressed variants (red: chosen, grey: over budget; area ~ size; labels: Pareto front)")
+    ax.set_title(f"{doc['task']}: compressed variants (red: chosen, grey: over budget on validation;"
+                 " area ~ size; labels: Pareto front)", fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

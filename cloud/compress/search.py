@@ -1,17 +1,20 @@
 """Try a recipe's grid on a task, measure every variant, and pick the Pareto-best within a budget.
 
 Every variant is measured against the fp32 ONNX export of the same
-architecture (the reference) on the task's test set, with the session the
-agent will use. Among the variants whose accuracy drop is within the budget,
-the Pareto front over (accuracy, latency at batch 32, size) is kept and the
-fastest point of it is chosen (smaller file on a tie).
+architecture (the reference), with the session the agent will use. Every
+choice is made on the validation set (the end of the training set, which
+neither the zoo's training nor fine-tuning sees): among the variants whose
+validation-accuracy drop is within the budget, the Pareto front over
+(validation accuracy, latency at batch 32, size) is kept and its fastest
+point is chosen (smaller file on a tie). The test set only reports.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +26,13 @@ from cloud.compress import quantize
 from cloud.compress.calibration import Calibration, fit_temperature
 from cloud.compress.measure import Measurement, measure
 from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured
-from cloud.compress.recipe import Recipe
+from cloud.compress.recipe import Recipe, Unstructured
 from cloud.export import export_onnx
 from cloud.store import load_checkpoint
 from cloud.zoo.architectures import ArchConfig, build
 from cloud.zoo.pipeline import model_name
-from cloud.zoo.tasks import DataOptions, Dataset, get_task
-from cloud.zoo.train import logits_of, seed_everything, train_classifier
+from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task
+from cloud.zoo.train import seed_everything, train_classifier
 
 
 class NoModelToCompress(LookupError):
@@ -66,12 +69,17 @@ class SearchResult:
     calibration: Calibration | None
 
     def drop_points(self, variant: Variant) -> float:
+        """Test-accuracy drop vs the reference: the reported result."""
         return (self.reference.measurement.accuracy - variant.measurement.accuracy) * 100
 
+    def validation_drop_points(self, variant: Variant) -> float:
+        """Validation-accuracy drop vs the reference: what the budget is checked on."""
+        return (self.reference.measurement.validation_accuracy - variant.measurement.validation_accuracy) * 100
+
     def best_effort(self) -> Variant:
-        """The most accurate variant other than the reference (for a budget nobody met)."""
-        return max((v for v in self.variants if v is not self.reference), key=lambda v: v.measurement.accuracy,
-                   default=self.reference)
+        """The variant most accurate on validation other than the reference (for a budget nobody met)."""
+        return max((v for v in self.variants if v is not self.reference),
+                   key=lambda v: v.measurement.validation_accuracy, default=self.reference)
 
 
 def trained_model(store: ModelStore, task: str, role: str) -> tuple[StoredModel, nn.Sequential, ArchConfig]:
@@ -111,30 +119,42 @@ def _quantized(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tu
     return out
 
 
-def _pruned_models(base: nn.Sequential, config: ArchConfig, recipe: Recipe, train: Dataset,
-                   teacher_logits: np.ndarray | None) -> list[tuple[str, nn.Module, ArchConfig]]:
-    """The base model (when keep ratio 1.0 is listed) and each pruned, fine-tuned variant of it."""
+def _masked_copy(base: nn.Module, config: ArchConfig, sparsity: float, settings: Unstructured,
+                 ) -> tuple[nn.Module, ArchConfig]:
+    """A copy of ``base`` with the smallest weights masked (the base stays dense for the other variants)."""
+    return apply_unstructured(copy.deepcopy(base), sparsity, scope=settings.scope), config
+
+
+def _pruned_models(base: nn.Sequential, config: ArchConfig, recipe: Recipe, task: Task, train: Dataset,
+                   teacher: nn.Module | None, log: Callable[[str], None],
+                   ) -> Iterator[tuple[str, nn.Module, ArchConfig]]:
+    """The base model (when keep ratio 1.0 is listed), then each pruned variant as soon as it is fine-tuned.
+
+    Fine-tuning takes minutes per variant on a small CPU: the caller measures and reports one before the next starts.
+    """
     p = recipe.pruning
-    out: list[tuple[str, nn.Module, ArchConfig]] = [("none", base, config)] if 1.0 in p.structured.keep_ratios else []
+    if 1.0 in p.structured.keep_ratios:
+        yield "none", base, config
     jobs: list[tuple[str, Callable[[], tuple[nn.Module, ArchConfig]]]] = []
     for ratio in p.structured.keep_ratios:
         if ratio < 1.0:
-            jobs.append((f"channels{int(round(ratio * 100))}-{p.structured.norm}",
-                         lambda r=ratio: prune_structured(base, config, r, norm=p.structured.norm)))
+            jobs.append((f"channels{round(ratio * 100)}-{p.structured.norm}",
+                         partial(prune_structured, base, config, ratio, norm=p.structured.norm)))
     for sparsity in p.unstructured.sparsities:
-        jobs.append((f"sparse{int(round(sparsity * 100))}-{p.unstructured.scope}",
-                     lambda s=sparsity: (apply_unstructured(copy.deepcopy(base), s, scope=p.unstructured.scope), config)))
+        jobs.append((f"sparse{round(sparsity * 100)}-{p.unstructured.scope}",
+                     partial(_masked_copy, base, config, sparsity, p.unstructured)))
     d = recipe.distillation
+    epochs = task.finetune_epochs if p.finetune_epochs is None else p.finetune_epochs
     for label, make in jobs:
         model, arch = make()
-        if p.finetune_epochs:
+        if epochs:
+            log(f"  fine-tuning {label} ({epochs} epochs)")
             train_classifier(
-                model, train.x_train, train.y_train, epochs=p.finetune_epochs, generator=seed_everything(recipe.seed),
-                max_lr=3e-3, soft_targets=teacher_logits, alpha=d.alpha if d else 0.0,
-                temperature=d.temperature if d else 1.0, description=f"fine-tune {label}", progress=False,
+                model, train.x_train, train.y_train, epochs=epochs, generator=seed_everything(recipe.seed),
+                max_lr=3e-3, teacher=teacher, alpha=d.alpha if d else 0.0, temperature=d.temperature if d else 1.0,
+                augment=task.augment, description=f"fine-tune {label}", progress=False,
             )
-        out.append((label, make_permanent(model).eval(), arch))
-    return out
+        yield label, make_permanent(model).eval(), arch
 
 
 def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, max_drop_points: float,
@@ -142,30 +162,31 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
     """Run the whole grid; files land in ``workdir/<pruning>/<quantization>.onnx``."""
     task = get_task(task_name)
     full = task.load(data)
-    train, (x_val, y_val) = full.validation_split(recipe.validation_split)
+    train, (x_val, y_val) = full.validation_split()  # the part the zoo's models were not trained on
     base_stored, base, config = trained_model(store, task_name, recipe.base)
     cloud_stored, cloud, _ = trained_model(store, task_name, "cloud")
-    teacher_logits = logits_of(cloud, train.x_train) if recipe.distillation else None
     rng = np.random.default_rng(recipe.seed)
     calibration_x = train.x_train[rng.permutation(len(train.x_train))[: recipe.quantization.calibration_samples]]
 
     def measured(path: Path) -> Measurement:
-        return measure(path, full.x_test, full.y_test, repeats=recipe.latency_repeats)
+        return measure(path, (full.x_test, full.y_test), (x_val, y_val), repeats=recipe.latency_repeats)
 
     cloud_measurement = measured(cloud_stored.model_path)
     reference_file = export_onnx(base, config, workdir / "none" / "fp32.onnx")
     reference = Variant("none", "fp32", reference_file, measured(reference_file), config, base)
     variants: list[Variant] = []
-    for pruning, model, arch in _pruned_models(base, config, recipe, train, teacher_logits):
+    teacher = cloud if recipe.distillation else None
+    for pruning, model, arch in _pruned_models(base, config, recipe, task, train, teacher, log):
         fp32 = reference_file if pruning == "none" else export_onnx(model, arch, workdir / pruning / "fp32.onnx")
         for quantization, path in _quantized(fp32, recipe, calibration_x):
             is_reference = (pruning, quantization) == ("none", "fp32")
             variant = reference if is_reference else Variant(pruning, quantization, path, measured(path), arch, model)
-            log(f"  {variant.name:<36} accuracy {variant.measurement.accuracy:.2%}  "
-                f"b32 {variant.measurement.latency_b32_ms:.3f} ms  {variant.measurement.size_bytes / 1024:.1f} KiB")
+            m = variant.measurement
+            log(f"  {variant.name:<36} validation {m.validation_accuracy:.2%}  test {m.accuracy:.2%}  "
+                f"b32 {m.latency_b32_ms:.3f} ms  {m.size_bytes / 1024:.1f} KiB")
             variants.append(variant)
-    ref_acc = reference.measurement.accuracy
-    within = [v for v in variants if (ref_acc - v.measurement.accuracy) * 100 <= max_drop_points]
+    ref_acc = reference.measurement.validation_accuracy
+    within = [v for v in variants if (ref_acc - v.measurement.validation_accuracy) * 100 <= max_drop_points]
     pareto = [v for v in within if not any(_dominates(o.measurement, v.measurement) for o in within)]
     chosen = min(pareto, key=lambda v: (v.measurement.latency_b32_ms, v.measurement.size_bytes), default=None)
     calibration = None
@@ -178,7 +199,8 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
 
 
 def _dominates(a: Measurement, b: Measurement) -> bool:
-    """a is at least as good as b everywhere and better somewhere (accuracy up, latency and size down)."""
-    no_worse = a.accuracy >= b.accuracy and a.latency_b32_ms <= b.latency_b32_ms and a.size_bytes <= b.size_bytes
-    better = a.accuracy > b.accuracy or a.latency_b32_ms < b.latency_b32_ms or a.size_bytes < b.size_bytes
+    """a is at least as good as b everywhere and better somewhere (validation accuracy up, latency and size down)."""
+    acc_a, acc_b = a.validation_accuracy, b.validation_accuracy
+    no_worse = acc_a >= acc_b and a.latency_b32_ms <= b.latency_b32_ms and a.size_bytes <= b.size_bytes
+    better = acc_a > acc_b or a.latency_b32_ms < b.latency_b32_ms or a.size_bytes < b.size_bytes
     return no_worse and better

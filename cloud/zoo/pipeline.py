@@ -10,7 +10,7 @@ from agent.model_store import ModelStore, StoredModel
 from cloud.export import export_onnx
 from cloud.store import publish
 from cloud.zoo.architectures import ArchConfig, build, parameter_count
-from cloud.zoo.tasks import DataOptions, Dataset, get_task
+from cloud.zoo.tasks import VALIDATION_FRACTION, DataOptions, get_task
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
 
 
@@ -40,7 +40,8 @@ def train_and_publish(
     if role not in task.models:
         raise ValueError(f"task {task_name} has no {role!r} model; choose one of {', '.join(task.models)}")
     config: ArchConfig = task.models[role]
-    dataset: Dataset = task.load(data)
+    # The held-out end of the training set stays unseen, so compression can choose variants on it honestly.
+    dataset, _ = task.load(data).validation_split()
     generator = seed_everything(seed)  # before build: initial weights come from the seed too
     model = build(config)
     train_classifier(
@@ -53,7 +54,8 @@ def train_and_publish(
         stored = publish(
             store, task_name, model_name(task_name, role), onnx_file,
             metrics={"test_accuracy": test_acc, "parameters": float(parameter_count(model))},
-            recipe={"trained": {"epochs": epochs or task.epochs[role], "seed": seed, "train_size": len(dataset.y_train)}},
+            recipe={"trained": {"epochs": epochs or task.epochs[role], "seed": seed, "train_size": len(dataset.y_train),
+                                "held_out": VALIDATION_FRACTION}},
             checkpoint={"arch": config.as_dict(), "state_dict": model.state_dict()},
         )
     return TrainResult(stored, test_acc)

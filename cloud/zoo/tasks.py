@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud.zoo.architectures import ArchConfig
+from cloud.zoo.augment import Augment, shift_images
 from cloud.zoo.mnist1d import Mnist1dParams, generate
+
+VALIDATION_FRACTION = 0.1  # the end of the training set no zoo model trains on: compression chooses on it
 
 
 class UnknownTask(ValueError):
@@ -24,8 +27,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
 
-    def validation_split(self, fraction: float = 0.1) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
-        """Hold out the last ``fraction`` of the training set (for calibration and model selection)."""
+    def validation_split(self, fraction: float = VALIDATION_FRACTION) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+        """Hold out the last ``fraction`` of the training set (for model selection and calibration)."""
         cut = len(self.y_train) - max(1, int(len(self.y_train) * fraction))
         rest = Dataset(self.x_train[:cut], self.y_train[:cut], self.x_test, self.y_test)
         return rest, (self.x_train[cut:], self.y_train[cut:])
@@ -49,6 +52,8 @@ class Task:
     load: Callable[[DataOptions], Dataset]
     models: dict[str, ArchConfig]
     epochs: dict[str, int]
+    finetune_epochs: int = 30  # a compressed model's fine-tuning, unless the recipe says otherwise
+    augment: Augment | None = None  # applied to training batches while fine-tuning a compressed model
 
 
 def _load_mnist1d(options: DataOptions) -> Dataset:
@@ -92,6 +97,8 @@ TASKS: dict[str, Task] = {
             "edge": ArchConfig("conv2d", (1, 8, 8), channels=(8,), kernels=(3,), strides=(2,)),
         },
         epochs={"cloud": 40, "edge": 40},
+        finetune_epochs=100,  # 1,300 images: 100 epochs take seconds, and a quarter-width model needs them
+        augment=shift_images,
     ),
 }
 

@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from cloud.zoo.augment import Augment
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch and return a generator for shuffling; CPU kernels are then deterministic."""
@@ -29,19 +31,22 @@ def train_classifier(
     generator: torch.Generator,
     batch_size: int = 100,
     max_lr: float = 1e-2,
-    soft_targets: np.ndarray | None = None,
+    teacher: nn.Module | None = None,
     alpha: float = 0.5,
     temperature: float = 4.0,
+    augment: Augment | None = None,
     description: str = "train",
     progress: bool = True,
 ) -> nn.Module:
     """Train with AdamW and a one-cycle schedule, shuffling with ``generator`` (see seed_everything).
 
-    With ``soft_targets`` (a teacher's logits) the loss is distillation:
-    ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(labels)``.
+    With a ``teacher`` the loss is distillation:
+    ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(labels)``,
+    the teacher seeing the same (augmented) batch as the student.
     """
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    teacher = torch.from_numpy(soft_targets) if soft_targets is not None else None
+    if teacher is not None:
+        teacher.eval()
     steps_per_epoch = max(1, -(-len(ys) // batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr / 10, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=epochs * steps_per_epoch)
@@ -52,14 +57,13 @@ def train_classifier(
         total = 0.0
         for start in range(0, len(ys), batch_size):
             index = order[start:start + batch_size]
-            logits = model(xs[index])
+            batch = xs[index] if augment is None else augment(xs[index], generator)
+            logits = model(batch)
             loss = F.cross_entropy(logits, ys[index])
             if teacher is not None:
-                kd = F.kl_div(
-                    F.log_softmax(logits / temperature, dim=1),
-                    F.softmax(teacher[index] / temperature, dim=1),
-                    reduction="batchmean",
-                )
+                with torch.no_grad():
+                    soft = F.softmax(teacher(batch) / temperature, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
                 loss = alpha * temperature**2 * kd + (1 - alpha) * loss
             optimizer.zero_grad()
             loss.backward()
