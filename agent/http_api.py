@@ -27,6 +27,7 @@ STATUS_OF = {
     ErrorCode.UNSUPPORTED_DTYPE: HTTPStatus.BAD_REQUEST,
     ErrorCode.SHAPE_MISMATCH: HTTPStatus.BAD_REQUEST,
     ErrorCode.UNKNOWN_TASK: HTTPStatus.NOT_FOUND,
+    ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     ErrorCode.OVERLOADED: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorCode.EXPIRED: HTTPStatus.GATEWAY_TIMEOUT,
     ErrorCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
@@ -125,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint, name = _endpoint(self.path)
         if endpoint is None:
             self.close_connection = True  # a body, if any, is left unread
-            self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}")
+            self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}", ErrorCode.NOT_FOUND)
             return
         allowed = ALLOWED[endpoint]
         if self.command != allowed:
@@ -210,7 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not found:
             self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer of model {name!r} for request"
-                                              f" {request_id!r} (evicted, never kept, or another model's)")
+                                              f" {request_id!r} (evicted, never kept, or another model's)",
+                        ErrorCode.NOT_FOUND)
             return
         self._json(HTTPStatus.OK, {"id": request_id, "label": label})
 

@@ -67,6 +67,17 @@ class Manifest(BaseModel):
             raise ValueError(f"the model file may not be called {MANIFEST_FILE}")
         return value
 
+    @property
+    def precision(self) -> str | None:
+        """fp32, fp16 or int8, as its compression recipe made it; None for a quantization fedge does not know.
+
+        A release whose recipe names no quantization (the zoo's, a plain export from training) is fp32.
+        """
+        quantization = str((self.recipe or {}).get("quantization", "fp32"))
+        if quantization.startswith(("static", "dynamic")):  # fedge-cloud compress's int8 variants
+            return "int8"
+        return quantization if quantization in ("fp32", "fp16") else None
+
     def signed_bytes(self) -> bytes:
         """The canonical bytes a signature covers: every field but the signature."""
         return unsigned_bytes(self)

@@ -21,6 +21,23 @@ from agent.session import open_session
 log = logging.getLogger(__name__)
 
 
+def check_precision(task: str, spec: ModelSpec, manifest: Manifest) -> None:
+    """Warn when a release is not the precision the profile asks for: it runs anyway, as released.
+
+    The cloud decides what a release is (``fedge-cloud compress`` picks the variant); a device
+    asking for int8 and running fp32 is slower than its owner planned, and should be told.
+    """
+    released = manifest.precision
+    if released is not None and released != spec.precision:
+        quantization = (manifest.recipe or {}).get("quantization")
+        if quantization:  # compress chose it: the fastest variant within its accuracy budget
+            made = f"{released} ({quantization}), what compression chose as fastest within its accuracy budget"
+        else:
+            made = f"an {released} export; `fedge-cloud compress --task {manifest.task}` releases a compressed variant"
+        log.warning("models.%s.precision is %s but the release is %s v%s, %s. It runs as released.",
+                    task, spec.precision, manifest.name, manifest.version, made)
+
+
 @dataclass
 class LocalModel:
     """One loaded model; ``batcher.call`` runs it and gives calibrated probabilities (softmax(logits / T))."""
@@ -42,6 +59,7 @@ class LocalModel:
             path: Path = stored.model_path
             manifest = stored.manifest
             name, version, temperature = manifest.name, str(manifest.version), manifest.temperature
+            check_precision(task, spec, manifest)
         else:
             assert spec.path is not None
             path = profile.resolve_path(spec.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from agent.model_store import ModelStore
 from agent.policy import OffloadBudget
 from agent.profile import parse_profile
 from agent.protocol import ErrorCode, InferRequest, ProtocolError, Source, Topics
+from agent.runtime import check_precision
 from agent.session import open_session
 from cloud.mosquitto import Mosquitto, free_port
 from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
@@ -70,7 +72,7 @@ def test_confident_stays_local_and_unconfident_goes_to_the_cloud(zoo: Path, agen
     x, _ = sample_inputs(120)
     conf = edge_confidence(zoo, x)
     sources = [agent.infer(request(x[i:i + 1])).source for i in range(len(x))]
-    for s, c in zip(sources, conf):
+    for s, c in zip(sources, conf, strict=True):
         assert s is (Source.EDGE if c >= 0.8 else Source.CLOUD)
     assert Source.EDGE in sources and Source.CLOUD in sources
     assert cloud.served == sources.count(Source.CLOUD)
@@ -373,7 +375,7 @@ def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_
             # an unread body is not taken for the next request on the same connection
             assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
         status, allowed, doc = _method_status(conn, "POST", "/v2/models/mnist1d/explain", b"{}")
-        assert (status, allowed) == (404, None) and "no such endpoint" in doc["error"]
+        assert (status, allowed, doc["code"]) == (404, None, "not_found") and "no such endpoint" in doc["error"]
         assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
         conn.close()
 
@@ -387,8 +389,8 @@ def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> N
                         json.dumps({"id": offloaded.request_id, "label": 3}).encode())
     assert status == 200, doc
     assert agent.samples is not None and 3 in agent.samples.training_set("mnist1d").labels.tolist()
-    status, _ = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": "nope", "label": 1}).encode())
-    assert status == 404
+    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": "nope", "label": 1}).encode())
+    assert (status, doc["code"]) == (404, "not_found"), doc
     other = next(r for r in (agent.infer(request(x[i:i + 1])) for i in range(200)) if r.request_id != offloaded.request_id)
     status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
                         json.dumps({"id": other.request_id, "label": 10}).encode())  # ten classes: 0..9
@@ -452,3 +454,34 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_release_of_another_precision_than_the_profile_asks_for_runs_with_a_warning(
+        zoo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = ModelStore(zoo / "state" / "models").get("mnist1d", "mnist1d-edge").manifest
+    assert manifest.precision == "fp32"  # the zoo's plain export: its recipe names no quantization
+    for quantization, precision in (("static-minmax-pc", "int8"), ("dynamic", "int8"), ("fp16", "fp16"),
+                                    ("fp32", "fp32"), ("something-new", None)):
+        assert manifest.model_copy(update={"recipe": {"quantization": quantization}}).precision == precision
+    x, _ = sample_inputs(1)
+    for asked, warned in (("int8", True), ("fp32", False)):
+        doc = profile_doc(zoo, None, api_port=free_port())
+        doc["models"]["mnist1d"]["precision"] = asked
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="agent.runtime"), \
+                Agent(parse_profile(yaml.safe_dump(doc), "test-profile.yaml", env={})) as agent:
+            assert agent.infer(request(x)).source is Source.EDGE  # it serves what was released
+        said = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
+        assert len(said) == (1 if warned else 0), said
+        if warned:
+            assert "precision is int8" in said[0] and "v1, an fp32 export" in said[0], said
+            assert "runs as released" in said[0]
+            assert "compress --task mnist1d" in said[0]
+    compressed = manifest.model_copy(update={"recipe": {"variant": "channels25+fp32", "quantization": "fp32"}})
+    doc = profile_doc(zoo, None)
+    doc["models"]["mnist1d"]["precision"] = "int8"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agent.runtime"):
+        check_precision("mnist1d", parse_profile(yaml.safe_dump(doc), "p.yaml", env={}).models["mnist1d"], compressed)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "fp32 (fp32), what compression chose" in said[0] and "compress --task" not in said[0], said

@@ -87,8 +87,9 @@ class ModelSpec(StrictModel):
     )
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32",
-        description="Which compressed variant to run: int8 for CPUs (Raspberry Pi, x86),"
-        " fp16 for GPUs (Jetson), fp32 when accuracy matters more than speed.",
+        description="The precision this device should run: int8 for CPUs (Raspberry Pi, x86),"
+        " fp16 for GPUs (Jetson), fp32 when accuracy matters more than speed. The cloud decides"
+        " what a release is (fedge-cloud compress); the agent warns when one differs.",
     )
     input: InputSpec = Field(description="The model's input tensor.")
     batching: BatchingConfig = Field(

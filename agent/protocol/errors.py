@@ -12,6 +12,7 @@ class ErrorCode(str, Enum):
     UNSUPPORTED_DTYPE = "unsupported_dtype"
     SHAPE_MISMATCH = "shape_mismatch"
     UNKNOWN_TASK = "unknown_task"
+    NOT_FOUND = "not_found"  # the HTTP API: no such endpoint, or no answer to label
     OVERLOADED = "overloaded"
     EXPIRED = "expired"
     INTERNAL = "internal"
