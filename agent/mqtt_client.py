@@ -110,6 +110,8 @@ class _Client(mqtt.Client):
         except OSError as exc:
             self.last_connect_error = exc
             raise
+        if self.outage_reported:  # whoever read "cannot reach" learns the outage is over
+            log.info("reached MQTT broker %s:%s again", self.host, self.port)
         self.outage_reported = False  # the broker answered: the next failure starts a new outage
         return done
 

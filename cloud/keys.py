@@ -115,8 +115,8 @@ def run_keys_init(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         print(f"fedge-cloud keys init: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    except OSError as exc:
-        print(f"fedge-cloud keys init: {exc}", file=sys.stderr)
-        return ExitCode.FAILURE
+    except OSError as exc:  # a directory that cannot be made or written: the user's to fix, like any bad path
+        print(f"fedge-cloud keys init: cannot write the key pair: {exc.strerror} ({exc.filename})", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     print(f"private key {private} (keep it secret), public key {public} (copy it to every device)")
     return ExitCode.OK

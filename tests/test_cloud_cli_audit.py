@@ -181,6 +181,16 @@ def test_acl_into_a_directory_it_cannot_write_says_so(tmp_path: Path) -> None:
     assert ran.stderr.startswith(f"fedge-cloud acl: cannot write to {tmp_path / 'a-file' / 'out'}: Not a directory")
 
 
+
+def test_keys_into_a_path_that_cannot_be_made_and_a_registry_that_is_a_directory_say_so(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    ran = cloud("keys", "init", "--dir", str(tmp_path / "a-file" / "keys"))
+    assert ran.returncode == ExitCode.INVALID_INPUT, ran.stderr
+    assert ran.stderr.startswith("fedge-cloud keys init: cannot write the key pair: Not a directory"), ran.stderr
+    looked = cloud("devices", "--registry", str(tmp_path))
+    assert looked.returncode == ExitCode.INVALID_INPUT, looked.stderr
+    assert f"registry {tmp_path} is a directory" in looked.stderr and "registry.db" in looked.stderr, looked.stderr
+
 def test_a_worker_that_stops_answers_every_request_the_broker_sent_it(tmp_path: Path, broker: Mosquitto) -> None:
     """A rolling restart (one serve host stops while others serve on) loses no request."""
     store = _cloud_store(tmp_path / "store")

@@ -74,6 +74,7 @@ def test_a_refusing_broker_is_named_once_per_outage_with_the_reason(broker: Mosq
         agent.stop()
     where = f"{broker.host}:{broker.port}"
     assert len(warnings_naming(logs, where, "connection refused")) == 2, logs.text  # one per outage, not per retry
+    assert [r.getMessage() for r in logs.records if "again" in r.getMessage()] == [f"reached MQTT broker {where} again"] * 2
     assert paho_no_socket_errors(logs) == []
 
 

@@ -77,3 +77,14 @@ def test_unreadable_config_and_unset_password_say_what_is_wrong(tmp_path: Path,
     path.write_text("broker:\n  username: worker\n  password_env: FEDGE_TEST_UNSET_PASSWORD\n")
     assert main(["serve", "--config", str(path), "--store", str(tmp_path)]) == 2
     assert "broker.password_env: environment variable FEDGE_TEST_UNSET_PASSWORD is not set" in capsys.readouterr().err
+
+
+def test_a_config_that_is_no_mapping_is_called_a_cloud_config_and_an_empty_one_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.yaml"
+    path.write_text("- broker\n- workers\n")
+    with pytest.raises(ProfileError) as caught:
+        load_cloud_config(str(path))
+    assert "a cloud config is a mapping of sections (broker, workers" in str(caught.value)
+    assert "profile" not in str(caught.value)
+    path.write_text("# nothing set yet\n")
+    assert load_cloud_config(str(path)).model_dump() == load_cloud_config(None).model_dump()

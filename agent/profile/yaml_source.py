@@ -48,9 +48,21 @@ class SourceMap:
             table[path] = location
 
 
+@dataclass(frozen=True)
+class DocumentKind:
+    """What a YAML file is meant to be, so its errors name that and not a device profile."""
+
+    noun: str  # "device profile"
+    sections: str  # examples of its top-level keys, for "a ... is a mapping of sections (...)"
+    empty_problem: str | None  # why an empty file is refused; None: an empty file means every default
+
+
+PROFILE = DocumentKind("device profile", "device, models, ...", "a profile needs at least device and models")
+
+
 @dataclass
 class Document:
-    """A parsed profile: plain data plus where each part of it came from."""
+    """A parsed YAML document: plain data plus where each part of it came from."""
 
     data: dict[str, Any]
     where: SourceMap
@@ -64,8 +76,9 @@ def _location(source: str, node: Node) -> Location:
 class _Builder:
     """Turns a composed node tree into dicts/lists/scalars, recording locations."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, kind: DocumentKind) -> None:
         self.source = source
+        self.kind = kind
         self.where = SourceMap()
         self.problems: list[Problem] = []
         self._constructor = SafeConstructor()
@@ -75,7 +88,7 @@ class _Builder:
     def build(self, node: Node, path: DataPath) -> Any:
         self._built += 1
         if self._built > MAX_NODES:  # aliases can expand a small file exponentially
-            raise error_at(self.source, f"more than {MAX_NODES} values: not a device profile")
+            raise error_at(self.source, f"more than {MAX_NODES} values: not a {self.kind.noun}")
         self.where.values[path] = _location(self.source, node)
         if id(node) in self._active:  # an alias inside itself: `a: &x [*x]`
             self._problem(node, path, "recursive YAML alias")
@@ -149,8 +162,8 @@ def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ProfileError:
     return error_at(source, f"YAML syntax error: {reason}", line, column)
 
 
-def parse_document(text: str, source: str) -> Document:
-    """Parse one YAML profile document; every failure is a ProfileError at file:line:col."""
+def parse_document(text: str, source: str, kind: DocumentKind = PROFILE) -> Document:
+    """Parse one YAML document of ``kind``; every failure is a ProfileError at file:line:col."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -158,17 +171,19 @@ def parse_document(text: str, source: str) -> Document:
     except yaml.YAMLError as exc:
         raise error_at(source, f"YAML syntax error: {exc}") from None
     if root is None or (isinstance(root, ScalarNode) and root.tag.endswith(":null")):
-        raise error_at(source, "the file is empty: a profile needs at least device and models")
+        if kind.empty_problem is None:
+            return Document({}, SourceMap())
+        raise error_at(source, f"the file is empty: {kind.empty_problem}")
     if not isinstance(root, MappingNode):
-        kind = "a list" if isinstance(root, SequenceNode) else f"the value {root.value!r}"
+        found = "a list" if isinstance(root, SequenceNode) else f"the value {root.value!r}"
         where = _location(source, root)
         raise error_at(
             source,
-            f"a profile is a mapping of sections (device, models, ...), not {kind}",
+            f"a {kind.noun} is a mapping of sections ({kind.sections}), not {found}",
             where.line,
             where.column,
         )
-    builder = _Builder(source)
+    builder = _Builder(source, kind)
     try:
         data = builder.build(root, ())
     except yaml.MarkedYAMLError as exc:  # e.g. an unknown tag such as !!python/object

@@ -54,6 +54,8 @@ def existing_registry(url: str | Path | None = None) -> Registry | None:
     Read-only commands use this, so looking does not leave an empty registry behind.
     """
     path = sqlite_path(default_registry() if url is None else url)
+    if path is not None and path.is_dir():
+        raise ValueError(f"registry {path} is a directory: name the database file, e.g. {path / 'registry.db'}")
     return None if path is not None and not path.is_file() else open_registry(url)
 
 

@@ -37,7 +37,7 @@ from agent.profile.explain import explain
 from agent.profile.loader import read_text
 from agent.profile.problems import Location, ProfileError
 from agent.profile.resolve import password_from
-from agent.profile.yaml_source import DataPath, Document, SourceMap, parse_document
+from agent.profile.yaml_source import DataPath, Document, DocumentKind, SourceMap, parse_document
 
 StoreName = Annotated[str, StringConstraints(pattern=STORE_NAME_PATTERN)]
 
@@ -105,6 +105,9 @@ class WorkersConfig(StrictModel):
                                      " workers report and the coordinator republishes the cloud status.")
 
 
+CLOUD_CONFIG = DocumentKind("cloud config", "broker, workers, store, registry, models", None)  # empty: all defaults
+
+
 class CloudConfig(StrictModel):
     """What `fedge-cloud serve` runs: broker, workers, where the models are and which to serve."""
 
@@ -141,7 +144,8 @@ def load_cloud_config(path: str | None, overrides: Mapping[str, tuple[DataPath, 
 
     Raises ProfileError listing every problem, at file:line:col or naming the flag.
     """
-    document = parse_document(read_text(path, "a config file"), path) if path is not None else Document({}, SourceMap())
+    document = parse_document(read_text(path, "a config file"), path, CLOUD_CONFIG) if path is not None \
+        else Document({}, SourceMap())
     for flag, (data_path, value) in (overrides or {}).items():
         node: dict[Any, Any] = document.data  # a YAML tree: str keys here, list indexes elsewhere in a data path
         for key in data_path[:-1]:
