@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from typing_extensions import Self  # typing.Self is 3.11+; JetPack 6 boards run 3.10
 
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse
@@ -58,6 +57,8 @@ from agent.runtime import LocalModel
 from agent.samples import SampleStore
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; JetPack 6 boards run 3.10
+
     from agent.updates import Updater
 
 log = logging.getLogger(__name__)

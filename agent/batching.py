@@ -233,7 +233,7 @@ class MicroBatcher:
         try:
             stacked = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
             outputs = self._run_batch(stacked)
-        except Exception as exc:  # noqa: BLE001  # a failing run fails its own requests, never the worker
+        except Exception as exc:  # noqa: BLE001  # a failing run fails its own requests, not the batcher thread
             outputs = None
             for item in live:
                 item.future.set_exception(exc)

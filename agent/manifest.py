@@ -69,11 +69,14 @@ class Manifest(BaseModel):
 
     @property
     def precision(self) -> str | None:
-        """fp32, fp16 or int8, as its compression recipe made it; None for a quantization fedge does not know.
+        """fp32, fp16 or int8, as fedge made it; None when the recipe does not tell (a user's own file).
 
-        A release whose recipe names no quantization (the zoo's, a plain export from training) is fp32.
+        A zoo release (recipe ``trained``) is a plain fp32 export; a compress release names its quantization.
         """
-        quantization = str((self.recipe or {}).get("quantization", "fp32"))
+        recipe = self.recipe or {}
+        if "quantization" not in recipe:
+            return "fp32" if "trained" in recipe else None
+        quantization = str(recipe["quantization"])
         if quantization.startswith(("static", "dynamic")):  # fedge-cloud compress's int8 variants
             return "int8"
         return quantization if quantization in ("fp32", "fp16") else None

@@ -22,20 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def check_precision(task: str, spec: ModelSpec, manifest: Manifest) -> None:
-    """Warn when a release is not the precision the profile asks for: it runs anyway, as released.
+    """Say when a release is not the precision the profile asks for: it runs anyway, as released.
 
-    The cloud decides what a release is (``fedge-cloud compress`` picks the variant); a device
-    asking for int8 and running fp32 is slower than its owner planned, and should be told.
+    The cloud decides what a release is. A device asking for int8 and running a plain fp32 export is
+    slower than its owner planned and is warned, with the remedy; compress's choice of another
+    precision (the fastest variant within its budget, one per task for the whole fleet) is only noted.
     """
     released = manifest.precision
-    if released is not None and released != spec.precision:
-        quantization = (manifest.recipe or {}).get("quantization")
-        if quantization:  # compress chose it: the fastest variant within its accuracy budget
-            made = f"{released} ({quantization}), what compression chose as fastest within its accuracy budget"
-        else:
-            made = f"an {released} export; `fedge-cloud compress --task {manifest.task}` releases a compressed variant"
-        log.warning("models.%s.precision is %s but the release is %s v%s, %s. It runs as released.",
-                    task, spec.precision, manifest.name, manifest.version, made)
+    if released is None or released == spec.precision:
+        return
+    if "quantization" in (manifest.recipe or {}):  # compress's choice for the whole fleet: nothing to act on here
+        log.info("models.%s.precision is %s; the release %s v%s is %s, the variant compression chose as fastest"
+                 " within its accuracy budget", task, spec.precision, manifest.name, manifest.version, released)
+        return
+    log.warning("models.%s.precision is %s but the release %s v%s is an %s export; it runs as released."
+                " `fedge-cloud compress --task %s` releases a compressed variant.", task, spec.precision,
+                manifest.name, manifest.version, released, manifest.task)
 
 
 @dataclass

@@ -19,10 +19,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from typing_extensions import Self
 
 from agent.exit_codes import ExitCode
 from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
@@ -32,6 +31,9 @@ from cloud.broker_options import add_broker_options, broker_connection, client_i
 from cloud.feedback import record_feedback
 from cloud.registry import Registry, RegistryUnavailable
 from cloud.registry.open import add_registry_option, open_registry
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
+
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto mosquitto-clients"
 _PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.x writes

@@ -6,17 +6,19 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
-from typing_extensions import Self
 
 from agent.model_store import StoredModel
 from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
 from agent.protocol import Topics
 from agent.updates import Release
 from cloud.broker_options import client_id as unique_client_id
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
 
 PUBLISH_TIMEOUT_S = 30.0
 SUBSCRIBE_TIMEOUT_S = 10.0

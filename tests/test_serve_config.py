@@ -6,11 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from agent.model_store import ModelStore
 from agent.profile.problems import ProfileError
 from cloud.cli import main
+from cloud.registry import ModelState, open_registry
 from cloud.serving.config import load_cloud_config
+from cloud.store import publish
+from tests.release_support import TASK, linear_onnx
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "cloud.example.yaml"
 
@@ -88,3 +93,21 @@ def test_a_config_that_is_no_mapping_is_called_a_cloud_config_and_an_empty_one_m
     assert "profile" not in str(caught.value)
     path.write_text("# nothing set yet\n")
     assert load_cloud_config(str(path)).model_dump() == load_cloud_config(None).model_dump()
+
+
+def test_validate_names_the_registry_s_active_versions_and_creates_no_registry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ModelStore(tmp_path / "store")
+    for seed in (0, 1):
+        weights = np.random.default_rng(seed).normal(size=(40, 10))
+        publish(store, TASK, f"{TASK}-cloud", linear_onnx(tmp_path / f"cloud{seed}.onnx", weights), metrics={})
+    registry_file = tmp_path / "registry.db"
+    flags = ["serve", "--validate", "--store", str(store.root), "--registry", str(registry_file)]
+    assert main(flags) == 0
+    assert f"{TASK}-cloud v2" in capsys.readouterr().out  # no registry: the newest, as serve would
+    assert not registry_file.exists()  # checking a config leaves no database behind
+    with open_registry(registry_file) as registry:
+        registry.add_model(TASK, f"{TASK}-cloud", 1, ModelState.ACTIVE)
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert f"{TASK}-cloud v1" in out and f"{TASK}-cloud v2" not in out, out  # serve runs the active v1

@@ -110,8 +110,9 @@ class _Builder:
         for key_node, value_node in node.value:  # so the mapping's own keys override them
             key = self._key(key_node)
             if isinstance(key, str):
-                self.where.keys[(*path, key)] = _location(self.source, key_node)
-                result[key] = self.build(value_node, (*path, key))
+                key_path = (*path, key)
+                self.where.keys[key_path] = _location(self.source, key_node)
+                result[key] = self.build(value_node, key_path)
         return result
 
     def _check_keys(self, node: MappingNode, path: DataPath) -> None:

@@ -17,10 +17,10 @@ from agent.profile.problems import ProfileError
 from agent.profile.yaml_source import DataPath
 from cloud.broker_options import instance_name
 from cloud.registry.base import RegistryUnavailable
-from cloud.registry.open import default_registry
+from cloud.registry.open import default_registry, existing_registry
 from cloud.serving.config import CloudConfig, load_cloud_config, resolve_password
 from cloud.serving.coordinator import Coordinator
-from cloud.serving.served import served_models
+from cloud.serving.served import require_served
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
 from cloud.zoo.commands import add_store_option
@@ -120,6 +120,26 @@ def _fail(problem: object) -> int:
     return ExitCode.INVALID_INPUT
 
 
+def _say_what_would_be_served(store: Path, registry_url: str, config: CloudConfig) -> None:
+    """The versions serve would start with: the registry's active ones where it has them, else the newest.
+
+    A config may be checked where the models or the registry are not (CI): that is said, and it stays valid.
+    The registry is only read: checking a config creates no database.
+    """
+    try:
+        registry = existing_registry(registry_url)
+        try:
+            served = require_served(ModelStore(store), registry, config.models)
+        finally:
+            if registry is not None:
+                registry.close()
+    except (LookupError, ManifestError, OSError, ValueError, RegistryUnavailable) as exc:
+        print(f"store {store}: serve would not start: {exc}", file=sys.stderr)
+        return
+    named = [f"{m.manifest.name} v{m.manifest.version}" for versions in served.values() for m in versions]
+    print(f"store {store}: {', '.join(named)}")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -136,15 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
         broker = args.broker or f"{config.broker.host}:{config.broker.port}"
         print(f"{args.config or '(no config file)'}: ok: broker {broker}, {w.count} workers, max batch"
               f" {w.max_batch}, store {store}")
-        try:  # a config may be checked where the models are not (CI): say so, but it stays valid
-            served = served_models(ModelStore(store), None, config.models)  # no registry: it would create a file
-        except (LookupError, ManifestError) as exc:
-            served, problem = {}, f"serve would not start: {exc}"
-        else:
-            problem = "it holds no <task>-cloud model: serve would not start"
-        named = [f"{m.manifest.name} v{m.manifest.version}" for versions in served.values() for m in versions]
-        print(f"store {store}: " + (", ".join(named) if named else problem),
-              file=sys.stdout if named else sys.stderr)
+        _say_what_would_be_served(store, config.registry or default_registry(), config)
         return ExitCode.OK
     try:
         template, username, password = build_settings(config, args)
