@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -28,7 +31,7 @@ from cloud.export import export_onnx
 from cloud.zoo.pipeline import train_and_publish
 from cloud.zoo.tasks import DataOptions, get_task
 
-DATA = DataOptions(train_size=1000, test_size=300)
+DATA = DataOptions()  # what `fedge-cloud compress` loads: it refuses models trained on other data options
 FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))
 
 
@@ -127,6 +130,7 @@ def test_session_drops_a_missing_provider_with_one_warning(store: ModelStore, ca
         ("pruning: {structured: {keep_ratios: [1.5]}}\n", "pruning.structured.keep_ratios.0"),
         ("quantization: {modes: [int4]}\n", "quantization.modes.0"),
         ("base: [\n", "not valid YAML"),
+        ("validation_split: 0.1\n", "validation_split: removed: compress holds out the last 10% of the training set"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, words: str) -> None:
@@ -168,6 +172,67 @@ def test_compress_releases_the_chosen_variant_with_its_report(store: ModelStore,
     assert manifest.version == 2 and manifest.parent_name == "mnist1d-cloud"
     assert manifest.recipe is not None and manifest.recipe["variant"] in (tmp_path / "report" / "report.md").read_text()
     assert manifest.temperature != 1.0
+    assert manifest.metrics["validation_drop_points"] <= 100 and "accuracy_drop_points" in manifest.metrics
+    assert manifest.recipe["trained"] == DATA.split_record()  # the release can be compressed again
+
+
+def _edit_trained(store_root: Path, name: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    manifest_file = store_root / "mnist1d" / name / "1" / "manifest.json"
+    doc = json.loads(manifest_file.read_text())
+    edit(doc["recipe"]["trained"])
+    manifest_file.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("name", "edit", "words"), [
+    ("mnist1d-cloud", lambda t: t.pop("held_out"), "not trained with the last 10% of the training set held out"),
+    ("mnist1d-cloud", lambda t: t.update(held_out=0.2), "recipe.trained.held_out: 0.2"),
+    ("mnist1d-cloud", lambda t: t.update(data={"train_size": 1000, "test_size": 300, "seed": 42}),
+     "trained on other data options"),
+])
+def test_a_model_that_may_have_trained_on_the_validation_rows_is_refused(
+        store: ModelStore, tmp_path: Path, name: str, edit: Callable[[dict[str, Any]], None], words: str) -> None:
+    """A store from before the zoo held data out (or trained on other sizes) would bias the choice silently."""
+    shutil.copytree(store.root, tmp_path / "old")
+    _edit_trained(tmp_path / "old", name, edit)
+    result = _compress(ModelStore(tmp_path / "old"), tmp_path, QUICK, "100")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"mnist1d/{name} v1" in result.stderr and words in result.stderr, result.stderr
+    assert "fedge-cloud train --task mnist1d --model cloud" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_teacher_is_checked_only_when_it_teaches(store: ModelStore, tmp_path: Path) -> None:
+    from cloud.compress.recipe import Recipe
+    from cloud.compress.search import NoModelToCompress, search
+
+    shutil.copytree(store.root, tmp_path / "old")
+    _edit_trained(tmp_path / "old", "mnist1d-cloud", lambda t: t.pop("held_out"))
+    old = ModelStore(tmp_path / "old")
+    recipe = Recipe.model_validate({**yaml.safe_load(QUICK), "base": "edge"})
+    with pytest.raises(NoModelToCompress, match="mnist1d/mnist1d-cloud v1"):
+        search(old, "mnist1d", recipe, tmp_path / "taught", max_drop_points=100, data=DATA, log=lambda _: None)
+    alone = search(old, "mnist1d", recipe.model_copy(update={"distillation": None}), tmp_path / "alone",
+                   max_drop_points=100, data=DATA, log=lambda _: None)
+    assert alone.chosen is not None
+
+
+def test_the_choice_follows_validation_accuracy_when_the_test_set_disagrees() -> None:
+    from cloud.compress.measure import Measurement
+    from cloud.compress.search import Variant, choose
+
+    def variant(name: str, validation: float, test: float, latency: float, size: int) -> Variant:
+        m = Measurement(size_bytes=size, parameters=1, nonzero_parameters=1, flops=1, accuracy=test,
+                        validation_accuracy=validation, latency_b1_ms=latency, latency_b32_ms=latency)
+        return Variant(name, "fp32", Path(f"{name}.onnx"), m, get_task("mnist1d").models["edge"], torch.nn.Identity())
+
+    reference = variant("reference", 0.90, 0.90, 4.0, 100)
+    test_favourite = variant("test-favourite", 0.85, 0.99, 1.0, 50)  # best on test, 5 points down on validation
+    fast = variant("fast", 0.895, 0.80, 2.0, 50)  # worst on test, within 1 point on validation
+    dominated = variant("dominated", 0.892, 0.98, 2.5, 60)  # better than fast on test, worse everywhere else
+    within, pareto, chosen = choose(reference.measurement, [reference, test_favourite, fast, dominated], 1.0)
+    assert [v.pruning for v in within] == ["reference", "fast", "dominated"]
+    assert [v.pruning for v in pareto] == ["reference", "fast"]
+    assert chosen is fast
 
 
 def test_compress_with_no_variant_in_budget_names_the_best(store: ModelStore, tmp_path: Path) -> None:

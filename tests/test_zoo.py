@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -79,15 +80,61 @@ def test_shifted_digits_move_by_at_most_one_pixel_and_keep_their_ink() -> None:
     torch.testing.assert_close(shift_images(x, torch.Generator().manual_seed(0)), shifted)  # the seed decides
 
 
-def test_zoo_models_never_train_on_the_validation_part(tmp_path: Path) -> None:
+def test_zoo_models_never_train_on_the_validation_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compression chooses variants on the end of the training set: the zoo must leave it unseen."""
+    import cloud.zoo.pipeline as pipeline
+
+    seen: list[np.ndarray] = []
+    real = pipeline.train_classifier
+
+    def spy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> torch.nn.Module:
+        seen.append(x.copy())
+        return real(model, x, y, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_classifier", spy)
     store = ModelStore(tmp_path / "store")
-    result = train_and_publish(store, "digits", "edge", epochs=1, data=SMALL, progress=False)
-    full = get_task("digits").load(SMALL)
-    train, (x_val, _) = full.validation_split()
-    assert result.stored.manifest.recipe is not None
-    assert result.stored.manifest.recipe["trained"]["train_size"] == len(train.y_train) == len(full.y_train) - len(x_val)
+    result = train_and_publish(store, "mnist1d", "edge", epochs=1, data=SMALL, progress=False)
+    full = get_task("mnist1d").load(SMALL)
+    _, (x_val, _) = full.validation_split()
     assert len(x_val) == int(len(full.y_train) * VALIDATION_FRACTION) > 0
+    (trained_x,) = seen
+    trained_rows = {row.tobytes() for row in trained_x}
+    assert not any(row.tobytes() in trained_rows for row in x_val)  # no held-out row reached training
+    assert len(trained_x) == len(full.y_train) - len(x_val)  # and every other training row did
+    assert result.stored.manifest.recipe is not None
+    trained = result.stored.manifest.recipe["trained"]
+    assert trained["held_out"] == VALIDATION_FRACTION and trained["train_rows"] == len(trained_x)
+    assert trained["data"] == {"train_size": 400, "test_size": 200, "seed": 42}  # as given, for compress to compare
+
+
+@pytest.mark.parametrize(("sizes", "words"), [
+    (["--train-size", "1"], "at least 100 are needed"),
+    (["--train-size", "5", "--test-size", "4"], "9 samples in all are too few"),
+])
+def test_cli_train_refuses_data_too_small_to_hold_out(tmp_path: Path, sizes: list[str], words: str) -> None:
+    result = subprocess.run([FEDGE_CLOUD, "train", "--task", "mnist1d", "--model", "edge", *sizes, "--no-progress",
+                             "--store", str(tmp_path / "store")], capture_output=True, check=False, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "--train-size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_train_names_what_could_not_be_written(tmp_path: Path) -> None:
+    """The store's own directory is "cannot write the store"; a later OSError names its file instead."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    unwritable = subprocess.run([FEDGE_CLOUD, "train", "--task", "digits", "--model", "edge", "--no-progress",
+                                 "--store", str(blocker / "store")], capture_output=True, check=False, text=True,
+                                timeout=60)
+    assert unwritable.returncode == 2
+    assert f"cannot write the store {blocker / 'store'}: Not a directory: {blocker / 'store'}" in unwritable.stderr
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "digits").write_text("")  # the store is writable; the task's directory cannot be made
+    late = subprocess.run([FEDGE_CLOUD, "train", "--task", "digits", "--model", "edge", "--epochs", "1", "--no-progress",
+                           "--store", str(store)], capture_output=True, check=False, text=True, timeout=120)
+    assert late.returncode == 1, late.stderr
+    assert f"digits/edge not released: Not a directory: {store / 'digits' / 'digits-edge'}" in late.stderr, late.stderr
+    assert "cannot write the store" not in late.stderr and "Traceback" not in late.stderr
 
 
 def test_same_seed_same_model_and_store_release(tmp_path: Path) -> None:

@@ -48,9 +48,11 @@ def _release(args: argparse.Namespace, result: SearchResult) -> str:
         store_of(args), result.task, model_name(result.task, "edge"), chosen.path,
         metrics={"test_accuracy": m.accuracy, "latency_b1_ms": m.latency_b1_ms, "latency_b32_ms": m.latency_b32_ms,
                  "parameters": float(m.parameters), "flops": float(m.flops),
-                 "accuracy_drop_points": result.drop_points(chosen)},
+                 "accuracy_drop_points": result.drop_points(chosen),
+                 "validation_drop_points": result.validation_drop_points(chosen)},
         recipe={"variant": chosen.name, "pruning": chosen.pruning, "quantization": chosen.quantization,
-                "max_accuracy_drop_points": result.max_drop_points},
+                "max_accuracy_drop_points": result.max_drop_points,
+                "trained": result.data.split_record()},  # fine-tuned on the same rows: compressible again
         temperature=result.calibration.temperature,
         parent=result.base.manifest,
         checkpoint={"arch": chosen.arch.as_dict(), "state_dict": chosen.pruned_model.state_dict()},

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from cloud.yaml_file import load_yaml_model
+from cloud.zoo.tasks import VALIDATION_FRACTION
 
 
 class _Strict(BaseModel):
@@ -28,7 +30,7 @@ class Distillation(_Strict):
 class Structured(_Strict):
     norm: Literal["l1", "l2"] = "l1"
     keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        [1.0, 0.75, 0.5, 0.25], min_length=1, description="Fraction of channels kept, e.g. [1.0, 0.75, 0.5]"
+        [1.0, 0.75, 0.5, 0.25], min_length=1, description="Fraction of channels kept, e.g. [1.0, 0.75, 0.5, 0.25]"
     )
 
 
@@ -59,6 +61,15 @@ class Recipe(_Strict):
     pruning: Pruning = Field(default_factory=Pruning)
     quantization: Quantization = Field(default_factory=Quantization)
     latency_repeats: int = Field(200, ge=5, le=10_000)
+    validation_split: None = Field(None, exclude=True, description="Removed: recipes from before it went are told why")
+
+    @field_validator("validation_split", mode="before")
+    @classmethod
+    def _removed(cls, value: object) -> None:
+        raise PydanticCustomError(
+            "removed_key", f"removed: compress holds out the last {VALIDATION_FRACTION:.0%} of the training set,"
+            " which the zoo never trains on; delete this line",
+        )
 
 
 class RecipeError(ValueError):

@@ -67,6 +67,7 @@ class SearchResult:
     chosen: Variant | None
     max_drop_points: float
     calibration: Calibration | None
+    data: DataOptions  # what the variants were fine-tuned and chosen on
 
     def drop_points(self, variant: Variant) -> float:
         """Test-accuracy drop vs the reference: the reported result."""
@@ -95,6 +96,30 @@ def trained_model(store: ModelStore, task: str, role: str) -> tuple[StoredModel,
     model = build(config)
     model.load_state_dict(checkpoint["state_dict"])
     return stored, model.eval(), config
+
+
+def require_unseen_validation(store: ModelStore, stored: StoredModel, role: str, data: DataOptions) -> None:
+    """Refuse a model that may have trained on the rows compress chooses on: the choice would be silently biased.
+
+    The zoo (and compress's own releases) record in ``recipe.trained`` the fraction held out and the data options;
+    a store made before the zoo held out anything, or with other data options, has to be retrained.
+    """
+    m = stored.manifest
+    trained = (m.recipe or {}).get("trained") or {}
+    expected = data.split_record()
+    retrain = f"retrain it: fedge-cloud train --task {m.task} --model {role} --store {store.root}"
+    if trained.get("held_out") != expected["held_out"]:
+        raise NoModelToCompress(
+            f"{m.task}/{m.name} v{m.version} was not trained with the last {expected['held_out']:.0%} of the training"
+            f" set held out (recipe.trained.held_out: {trained.get('held_out')}), and compress chooses variants on"
+            f" that part; {retrain}"
+        )
+    if trained.get("data") != expected["data"]:
+        raise NoModelToCompress(
+            f"{m.task}/{m.name} v{m.version} was trained on other data options ({trained.get('data')}) than compress"
+            f" loads ({expected['data']}), so its training rows would overlap the validation rows; {retrain}"
+            " (with the default --train-size and --test-size)"
+        )
 
 
 def _quantized(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tuple[str, Path]]:
@@ -161,10 +186,13 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
            data: DataOptions = DataOptions(), log: Callable[[str], None] = print) -> SearchResult:
     """Run the whole grid; files land in ``workdir/<pruning>/<quantization>.onnx``."""
     task = get_task(task_name)
-    full = task.load(data)
-    train, (x_val, y_val) = full.validation_split()  # the part the zoo's models were not trained on
     base_stored, base, config = trained_model(store, task_name, recipe.base)
     cloud_stored, cloud, _ = trained_model(store, task_name, "cloud")
+    require_unseen_validation(store, base_stored, recipe.base, data)
+    if recipe.distillation:  # the teacher's knowledge of the validation rows would reach the student too
+        require_unseen_validation(store, cloud_stored, "cloud", data)
+    full = task.load(data)
+    train, (x_val, y_val) = full.validation_split()  # the part the zoo's models were not trained on
     rng = np.random.default_rng(recipe.seed)
     calibration_x = train.x_train[rng.permutation(len(train.x_train))[: recipe.quantization.calibration_samples]]
 
@@ -185,17 +213,24 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
             log(f"  {variant.name:<36} validation {m.validation_accuracy:.2%}  test {m.accuracy:.2%}  "
                 f"b32 {m.latency_b32_ms:.3f} ms  {m.size_bytes / 1024:.1f} KiB")
             variants.append(variant)
-    ref_acc = reference.measurement.validation_accuracy
-    within = [v for v in variants if (ref_acc - v.measurement.validation_accuracy) * 100 <= max_drop_points]
-    pareto = [v for v in within if not any(_dominates(o.measurement, v.measurement) for o in within)]
-    chosen = min(pareto, key=lambda v: (v.measurement.latency_b32_ms, v.measurement.size_bytes), default=None)
+    within, pareto, chosen = choose(reference.measurement, variants, max_drop_points)
     calibration = None
     if chosen is not None:
         session = open_session(chosen.path)
         val_logits = session.run(None, {session.get_inputs()[0].name: x_val})[0]
         calibration = fit_temperature(val_logits, y_val)
     return SearchResult(task_name, base_stored, reference, cloud_measurement, variants, within, pareto, chosen,
-                        max_drop_points, calibration)
+                        max_drop_points, calibration, data)
+
+
+def choose(reference: Measurement, variants: list[Variant], max_drop_points: float,
+           ) -> tuple[list[Variant], list[Variant], Variant | None]:
+    """(within the budget, their Pareto front, its fastest point): all on validation accuracy, never on test."""
+    ref_acc = reference.validation_accuracy
+    within = [v for v in variants if (ref_acc - v.measurement.validation_accuracy) * 100 <= max_drop_points]
+    pareto = [v for v in within if not any(_dominates(o.measurement, v.measurement) for o in within)]
+    chosen = min(pareto, key=lambda v: (v.measurement.latency_b32_ms, v.measurement.size_bytes), default=None)
+    return within, pareto, chosen
 
 
 def _dominates(a: Measurement, b: Measurement) -> bool:

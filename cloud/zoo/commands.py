@@ -21,7 +21,7 @@ from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.registry import ModelRecord, RegistryUnavailable, existing_registry
 from cloud.registry.open import add_registry_option
 from cloud.store import default_store_root
-from cloud.zoo.tasks import TASKS, DataOptions, UnknownTask, get_task
+from cloud.zoo.tasks import TASKS, DataOptions, DataTooSmall, UnknownTask, get_task
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,13 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(run=run_train)
 
 
+def _reason(exc: OSError) -> str:
+    """``No space left on device: /tmp/x``; an OSError without errno has only its message."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+
+
 def run_train(args: argparse.Namespace) -> int:
     from cloud.zoo.pipeline import train_and_publish  # torch loads only for commands that train
 
@@ -63,18 +70,25 @@ def run_train(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
         get_task(args.task)  # a typo leaves no empty store behind
+    except UnknownTask as exc:
+        print(f"fedge-cloud train: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    try:
         store.root.mkdir(parents=True, exist_ok=True)  # a store that cannot be written fails now, not after training
+    except OSError as exc:
+        print(f"fedge-cloud train: cannot write the store {store.root}: {_reason(exc)}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    try:
         result = train_and_publish(
             store, args.task, args.model, epochs=args.epochs, seed=args.seed,
             data=DataOptions(train_size=args.train_size, test_size=args.test_size), progress=not args.no_progress,
         )
-    except UnknownTask as exc:
-        print(f"fedge-cloud train: {exc}", file=sys.stderr)
+    except DataTooSmall as exc:
+        print(f"fedge-cloud train: {exc} (--train-size, --test-size)", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    except OSError as exc:
-        print(f"fedge-cloud train: cannot write the store {store.root}: {exc.strerror} ({exc.filename})",
-              file=sys.stderr)
-        return ExitCode.INVALID_INPUT
+    except OSError as exc:  # e.g. a full temporary directory while exporting: not necessarily the store
+        print(f"fedge-cloud train: {args.task}/{args.model} not released: {_reason(exc)}", file=sys.stderr)
+        return ExitCode.FAILURE
     m = result.stored.manifest
     print(f"{m.task}/{m.name} v{m.version}: test accuracy {result.test_accuracy:.2%}, "
           f"{m.size_bytes / 1024:.1f} KiB -> {result.stored.directory}")

@@ -10,7 +10,7 @@ from agent.model_store import ModelStore, StoredModel
 from cloud.export import export_onnx
 from cloud.store import publish
 from cloud.zoo.architectures import ArchConfig, build, parameter_count
-from cloud.zoo.tasks import VALIDATION_FRACTION, DataOptions, get_task
+from cloud.zoo.tasks import DataOptions, get_task
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
 
 
@@ -54,8 +54,8 @@ def train_and_publish(
         stored = publish(
             store, task_name, model_name(task_name, role), onnx_file,
             metrics={"test_accuracy": test_acc, "parameters": float(parameter_count(model))},
-            recipe={"trained": {"epochs": epochs or task.epochs[role], "seed": seed, "train_size": len(dataset.y_train),
-                                "held_out": VALIDATION_FRACTION}},
+            recipe={"trained": {"epochs": epochs or task.epochs[role], "seed": seed, "train_rows": len(dataset.y_train),
+                                **data.split_record()}},
             checkpoint={"arch": config.as_dict(), "state_dict": model.state_dict()},
         )
     return TrainResult(stored, test_acc)

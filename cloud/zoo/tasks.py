@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from cloud.zoo.architectures import ArchConfig
 from cloud.zoo.augment import Augment, shift_images
-from cloud.zoo.mnist1d import Mnist1dParams, generate
+from cloud.zoo.mnist1d import Mnist1dParams, generate, templates
 
 VALIDATION_FRACTION = 0.1  # the end of the training set no zoo model trains on: compression chooses on it
 
 
 class UnknownTask(ValueError):
     """A task name the zoo does not know; the message lists the known ones."""
+
+
+class DataTooSmall(ValueError):
+    """Data options too small to hold out a validation part; the message says how many samples are needed."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,14 @@ class Dataset:
 
     def validation_split(self, fraction: float = VALIDATION_FRACTION) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
         """Hold out the last ``fraction`` of the training set (for model selection and calibration)."""
-        cut = len(self.y_train) - max(1, int(len(self.y_train) * fraction))
+        classes = len(np.unique(np.concatenate([self.y_train, self.y_test])))
+        held = int(len(self.y_train) * fraction)
+        if held < classes:
+            raise DataTooSmall(
+                f"{len(self.y_train)} training samples are too few to hold out {fraction:.0%} with at least one per"
+                f" class ({classes} classes): at least {math.ceil(classes / fraction)} are needed"
+            )
+        cut = len(self.y_train) - held
         rest = Dataset(self.x_train[:cut], self.y_train[:cut], self.x_test, self.y_test)
         return rest, (self.x_train[cut:], self.y_train[cut:])
 
@@ -41,6 +54,10 @@ class DataOptions:
     train_size: int = 4000
     test_size: int = 1000
     seed: int = 42
+
+    def split_record(self) -> dict[str, Any]:
+        """What a manifest's ``recipe.trained`` records about the data, so compress can tell which rows are unseen."""
+        return {"held_out": VALIDATION_FRACTION, "data": asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,9 @@ class Task:
 
 def _load_mnist1d(options: DataOptions) -> Dataset:
     total = options.train_size + options.test_size
+    classes = len(templates())
+    if total < classes:
+        raise DataTooSmall(f"MNIST-1D makes {classes} classes of equal size: {total} samples in all are too few")
     x_train, y_train, x_test, y_test = generate(
         Mnist1dParams(num_samples=total, train_split=options.train_size / total, seed=options.seed)
     )
