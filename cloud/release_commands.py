@@ -122,7 +122,8 @@ def add_rollout(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         " time: a signed rollback to the previous version (the active one, else the newest older one the"
         " group runs) goes to the group and the version is retired. That rollback is checked and signed"
         " before the canary starts: with no signed earlier version the rollout refuses to start (exit 2)"
-        " unless --first-release says there is none. Ctrl-C while waiting undoes the canary the same way."
+        " unless --first-release says there is none. Ctrl-C while waiting undoes the canary the same way"
+        " (a second Ctrl-C is ignored until the undo is out)."
         f" Exit 0 when promoted, 1 when rolled back or withdrawn, {int(ExitCode.INTERRUPTED)} when interrupted.",
     )
     parser.add_argument("--task", required=True, help="task, e.g. mnist1d")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from agent.updates.release import Action
 from cloud.keys import sign
 from cloud.registry import ModelState, Registry
 from cloud.release_channel import Heartbeats, ReleaseChannel
+from cloud.sigint import sigint_ignored
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +138,18 @@ class Rollout:
         self.registry.add_model(plan.task, plan.name, plan.version, metrics=stored.manifest.metrics)
         try:
             healthy, why = self._canary(plan, stored, canary, release)
-        except KeyboardInterrupt:  # never leave a canary half-released: undo it as a failed one
-            undone = self._roll_back(plan, canary, back, "interrupted before the canary reported")
-            return replace(undone, interrupted=True)
-        if healthy:
-            self.channel.publish_release(signed_release(stored, "install", plan.group, None, self.key))
-            self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.ACTIVE,
-                                          f"canary healthy ({why}); released to group {plan.group}")
-            return RolloutResult("promoted", canary, why, None if back is None else back.stored.manifest.version)
-        return self._roll_back(plan, canary, back, why)
+        except KeyboardInterrupt:  # never leave a canary half-released: undo it, unjudged
+            with sigint_ignored():
+                print("interrupted: undoing the canary, please wait", file=sys.stderr, flush=True)
+                return self._roll_back(plan, canary, back, "interrupted before the canary reported",
+                                       interrupted=True)
+        with sigint_ignored():  # the verdict is carried out whole: release and registry agree
+            if healthy:
+                self.channel.publish_release(signed_release(stored, "install", plan.group, None, self.key))
+                self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.ACTIVE,
+                                              f"canary healthy ({why}); released to group {plan.group}")
+                return RolloutResult("promoted", canary, why, None if back is None else back.stored.manifest.version)
+            return self._roll_back(plan, canary, back, why)
 
     def _canary(self, plan: RolloutPlan, stored: StoredModel, canary: list[str], release: Release) -> tuple[bool, str]:
         """Release to the canary and wait for its verdict: (healthy, why)."""
@@ -207,7 +212,9 @@ class Rollout:
                               for d in self.registry.devices()) or "none"
             raise RolloutError(f"no online device of group {plan.group!r} runs task {plan.task!r}"
                                f" (devices the registry knows: {known}); is the device listener running?")
-        if all(d.models[plan.task] == str(plan.version) for d in devices):  # e.g. the same rollout run twice
+        record = self.registry.model(plan.task, plan.name, plan.version)
+        active = record is not None and record.state is ModelState.ACTIVE  # not one a killed rollout left at canary
+        if active and all(d.models[plan.task] == str(plan.version) for d in devices):  # the same rollout run twice
             raise RolloutError(f"every online device of group {plan.group!r} ({', '.join(d.device_id for d in devices)})"
                                f" already runs v{plan.version} of {plan.task}: nothing to roll out")
         return [d.device_id for d in devices]
@@ -221,26 +228,30 @@ class Rollout:
                    for t, v in d.models.items() if t == plan.task and v.isdigit() and int(v) < plan.version]
         return max(running) if running else None
 
-    def _roll_back(self, plan: RolloutPlan, canary: list[str], back: _Rollback | None, why: str) -> RolloutResult:
+    def _roll_back(self, plan: RolloutPlan, canary: list[str], back: _Rollback | None, why: str,
+                   interrupted: bool = False) -> RolloutResult:
+        """Undo the canary (a failed one, or an interrupted one that was never judged) and retire the version."""
+        what = f"rollout {why}" if interrupted else f"canary failed ({why})"
         try:
             if back is None:
                 self.channel.clear_release(plan.task, plan.group)
-                reason = (f"canary failed ({why}); first release, so it was withdrawn: canaries that installed it"
+                reason = (f"{what}; first release, so it was withdrawn: canaries that installed it"
                           f" ({', '.join(canary)}) keep it")
             else:
                 self.channel.publish_artifact(back.stored)
                 self.channel.publish_release(back.release)
-                reason = f"canary failed ({why}); group {plan.group} rolled back to v{back.stored.manifest.version}"
+                reason = f"{what}; group {plan.group} rolled back to v{back.stored.manifest.version}"
         except ConnectionError as exc:  # the registry keeps saying canary, which is the truth
-            raise ConnectionError(f"canary of v{plan.version} failed ({why}), but going back failed too: {exc};"
+            raise ConnectionError(f"v{plan.version}: {what}, but going back failed too: {exc};"
                                   f" v{plan.version} stays on {', '.join(canary)}") from None
         log.warning("%s/%s v%s: %s", plan.task, plan.name, plan.version, reason)
         self.registry.set_model_state(plan.task, plan.name, plan.version, ModelState.RETIRED, reason)
         return RolloutResult("rolled back" if back else "withdrawn", canary, why,
-                             None if back is None else back.stored.manifest.version)
+                             None if back is None else back.stored.manifest.version, interrupted)
 
 
 def summary(result: RolloutResult, plan: RolloutPlan) -> dict[str, Any]:
     """The rollout's outcome as the command prints it with --json."""
     return {"task": plan.task, "name": plan.name, "version": plan.version, "group": plan.group,
-            "outcome": result.outcome, "canary": result.canary, "reason": result.reason, "previous": result.previous}
+            "outcome": result.outcome, "canary": result.canary, "reason": result.reason, "previous": result.previous,
+            "interrupted": result.interrupted}

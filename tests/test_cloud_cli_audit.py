@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -70,7 +71,63 @@ def test_ctrl_c_during_a_rollout_rolls_the_canary_back(tmp_path: Path, broker: M
     with open_registry(registry_file) as registry:
         record = registry.model(TASK, NAME, 2)
         assert record is not None and record.state is ModelState.RETIRED  # not left "canary"
-        assert "interrupted" in registry.model_history(TASK, NAME)[-1].reason
+        reason = registry.model_history(TASK, NAME)[-1].reason
+        assert "interrupted" in reason and "failed" not in reason, reason  # it was never judged
+
+
+def _lines_until(stream: IO[str], wanted: str) -> tuple[threading.Event, list[str]]:
+    """Read ``stream`` to its end in a thread; the event is set once a line holds ``wanted``."""
+    seen, lines = threading.Event(), []
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+            if wanted in line:
+                seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return seen, lines
+
+
+def test_a_second_ctrl_c_while_the_canary_is_undone_is_ignored(tmp_path: Path, broker: Mosquitto) -> None:
+    side = make_cloud(tmp_path)
+    registry_file = tmp_path / "registry.db"
+    with open_registry(registry_file) as registry:
+        registry.add_model(TASK, NAME, 1, ModelState.ACTIVE)
+        registry.record_heartbeat("dev-a", {"kind": "pi", "group": GROUP, "models": {TASK: "1"}}, time.time())
+    release_topic = Topics().release(TASK, GROUP)
+    assert broker.pid is not None
+    with client(broker, "watch") as watch:
+        inbox = Inbox(watch)
+        subscribe(watch, release_topic)
+        rollout = _cloud_process("rollout", "--task", TASK, "--name", NAME, "--version", "2", "--group", GROUP,
+                                 "--timeout", "600", "--json", "--broker", broker.url, "--store", str(side.store.root),
+                                 "--registry", str(registry_file), "--key", str(side.private_key), cwd=tmp_path)
+        assert rollout.stderr is not None and rollout.stdout is not None
+        undoing, err = _lines_until(rollout.stderr, "interrupted: undoing the canary, please wait")
+        try:
+            inbox.get(timeout=60)  # the canary release: the rollout waits for its report
+            os.kill(broker.pid, signal.SIGSTOP)  # the broker holds the undo's publish ...
+            try:
+                os.killpg(rollout.pid, signal.SIGINT)
+                assert undoing.wait(30), "".join(err)
+                os.killpg(rollout.pid, signal.SIGINT)  # ... while a second Ctrl-C comes
+                time.sleep(0.5)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            out = rollout.stdout.read()
+            rollout.wait(60)
+        finally:
+            if rollout.poll() is None:
+                rollout.kill()
+        back = parse_release(bytes(inbox.get(timeout=10).payload), release_topic)
+    assert rollout.returncode == ExitCode.INTERRUPTED, "".join(err)
+    assert "Traceback" not in "".join(err)
+    assert (back.action, back.manifest.version) == ("rollback", 1)  # the undo went out whole
+    assert json.loads(out)["interrupted"] is True and json.loads(out)["outcome"] == "rolled back"
+    with open_registry(registry_file) as registry:
+        record = registry.model(TASK, NAME, 2)
+        assert record is not None and record.state is ModelState.RETIRED
 
 
 def _cloud_store(root: Path) -> Path:
@@ -97,6 +154,44 @@ def test_ctrl_c_stops_serve_and_its_workers_without_a_traceback(tmp_path: Path, 
             _, err = _ctrl_c(serve)
     assert serve.returncode == ExitCode.OK, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def _sigint_disposition(pid: int) -> str:
+    """What the process does on SIGINT: "default" (a Python process sets it up at start), "caught" or "ignored"."""
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    return "ignored" if int(fields["SigIgn"], 16) & bit else "caught" if int(fields["SigCgt"], 16) & bit else "default"
+
+
+def test_ctrl_c_while_the_workers_load_prints_no_traceback(tmp_path: Path, broker: Mosquitto) -> None:
+    """A terminal's Ctrl-C reaches the workers too, however early: they leave stopping to their coordinator."""
+    store = _cloud_store(tmp_path / "store")
+    serve = _cloud_process("serve", "--broker", broker.url, "--workers", "2", "--store", str(store),
+                           "--registry", str(tmp_path / "registry.db"), cwd=tmp_path)
+    assert serve.stderr is not None
+    started, err = _lines_until(serve.stderr, "started 2 workers")
+    try:
+        assert started.wait(60), "".join(err)
+        workers = [int(pid) for pid in re.findall(r"\d+", "".join(err).split("started 2 workers")[1].splitlines()[0])]
+        deadline = time.monotonic() + 30
+        while any(_sigint_disposition(pid) == "default" for pid in workers):  # Python is up; they import and load
+            assert time.monotonic() < deadline, "".join(err)
+            time.sleep(0.01)
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)  # Ctrl-C's share, while they load
+        while "".join(err).count(" INFO serving ") < 2:
+            assert time.monotonic() < deadline, "".join(err)
+            time.sleep(0.05)
+        assert all(_alive(pid) for pid in workers), "".join(err)  # the same workers serve: none stopped or died
+        assert [_sigint_disposition(pid) for pid in workers] == ["ignored"] * 2  # loading did not turn it back on
+        os.killpg(serve.pid, signal.SIGINT)  # and a Ctrl-C once they serve stops everything
+        serve.wait(60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    time.sleep(0.5)  # the reader thread takes the last lines
+    assert serve.returncode == ExitCode.OK, "".join(err)
+    assert "Traceback" not in "".join(err) and "KeyboardInterrupt" not in "".join(err), "".join(err)
 
 
 def test_serve_says_an_unreachable_registry_is_a_service_problem(tmp_path: Path, broker: Mosquitto) -> None:
@@ -160,7 +255,8 @@ def test_validate_names_the_store_serve_would_use_and_what_it_would_serve(tmp_pa
     assert f"store {tmp_path / 'etc' / 'models'}: mnist1d-cloud v1" in ran.stdout, ran.stdout
     empty = cloud("serve", "--validate", "--store", str(tmp_path / "nothing"))
     assert empty.returncode == ExitCode.OK  # a config can be checked where the models are not
-    assert "holds no <task>-cloud model: serve would not start" in empty.stderr
+    assert "serve would not start" in empty.stderr and "holds no <task>-cloud model" in empty.stderr
+    assert "fedge-cloud train --task" in empty.stderr  # and how to get one
 
 
 def test_train_into_a_store_it_cannot_write_fails_before_training(tmp_path: Path) -> None:
@@ -168,7 +264,7 @@ def test_train_into_a_store_it_cannot_write_fails_before_training(tmp_path: Path
     store = tmp_path / "a-file" / "store"
     ran = cloud("train", "--task", "digits", "--model", "edge", "--epochs", "1", "--no-progress", "--store", str(store))
     assert ran.returncode == ExitCode.INVALID_INPUT, ran.stderr
-    assert ran.stderr == f"fedge-cloud train: cannot write the store {store}: Not a directory ({store})\n"
+    assert ran.stderr == f"fedge-cloud train: cannot write the store {store}: Not a directory: {store}\n"
     assert ran.stdout == ""  # nothing was trained
 
 
@@ -192,7 +288,7 @@ def test_keys_into_a_path_that_cannot_be_made_and_a_registry_that_is_a_directory
     assert f"registry {tmp_path} is a directory" in looked.stderr and "registry.db" in looked.stderr, looked.stderr
 
 def test_a_worker_that_stops_answers_every_request_the_broker_sent_it(tmp_path: Path, broker: Mosquitto) -> None:
-    """A rolling restart (one serve host stops while others serve on) loses no request."""
+    """A stopping worker answers what the broker had already sent it (a rolling restart, one host leaving)."""
     store = _cloud_store(tmp_path / "store")
 
     def settings(worker_id: str) -> WorkerSettings:

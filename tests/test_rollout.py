@@ -125,6 +125,25 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, broker: M
     assert "v3" not in json.dumps(other["updates"])  # the canary release was never for dev-b
 
 
+def test_a_version_a_killed_rollout_left_at_canary_is_rolled_out_again(
+        tmp_path: Path, broker: Mosquitto, cloud: CloudSide, registry: Registry) -> None:
+    """A rollout killed mid-wait in a one-device group: the device runs v2, the registry says canary."""
+    home = tmp_path / "dev-a"
+    install_locally(cloud, home / "state" / "models", 2)
+    registry.add_model(TASK, NAME, 2, ModelState.CANARY)
+    agent = Agent(follower_profile(home, broker, cloud, device="dev-a", group=GROUP)).start()
+    try:
+        wait_for_group(broker, registry, ("dev-a",))
+        with ReleaseChannel(broker.host, broker.port, Topics()) as channel:
+            result = Rollout(cloud.store, registry, channel, load_private_key(cloud.private_key)).run(
+                RolloutPlan(TASK, NAME, 2, GROUP, health_timeout_s=60))
+    finally:
+        agent.stop()
+    assert (result.outcome, result.canary) == ("promoted", ["dev-a"]), result.reason
+    record = registry.model(TASK, NAME, 2)
+    assert record is not None and record.state is ModelState.ACTIVE  # not stranded at canary
+
+
 def unsign(cloud: CloudSide, version: int) -> None:
     """Strip a store version's signature, as a version added by hand and never published would be."""
     stored = cloud.stored(version)

@@ -43,6 +43,7 @@ from cloud.registry import Registry, open_registry
 from cloud.serving.reports import ModelKey, WorkerReports, cloud_status, live_metrics
 from cloud.serving.served import require_served
 from cloud.serving.worker import WorkerSettings, run_worker
+from cloud.sigint import sigint_ignored
 
 log = logging.getLogger(__name__)
 OFFLINE_KEPT_S = 24 * 3600  # how long a stopped instance's retained offline mark stays on the broker
@@ -93,7 +94,8 @@ class Coordinator:
     def _spawn(self, index: int) -> Any:
         settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
         process = self._context.Process(target=run_worker, args=(settings,), name=settings.worker_id, daemon=True)
-        process.start()
+        with sigint_ignored():  # a Ctrl-C while it imports and loads would print its traceback: it stops on SIGTERM
+            process.start()
         return process
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:

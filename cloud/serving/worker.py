@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -112,7 +113,7 @@ class Worker:
         self._client = new_client(f"fedge-worker-{settings.worker_id}", tls=settings.tls, username=settings.username,
                                   password=settings.password)
         self._client.on_message = self._on_message
-        self._client.on_connect = lambda c, *_: c.subscribe(self.topics.shared_infer(settings.share_group), qos=1)
+        self._client.on_connect = self._on_connect
 
     def run(self) -> None:
         """Serve until ``stop``; reconnects by itself if the broker goes away."""
@@ -145,6 +146,11 @@ class Worker:
         left.wait(timeout_s)
         while time.monotonic() - self._last_request < quiet_s and time.monotonic() < deadline:
             time.sleep(quiet_s / 5)
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        """Join the share group after every (re)connect, unless stopping: a reconnect while draining must not rejoin."""
+        if not self._stop.is_set():
+            client.subscribe(self.topics.shared_infer(self.settings.share_group), qos=1)
 
     @property
     def status_topic(self) -> str:
@@ -305,13 +311,16 @@ def check_fusion(request: InferRequest) -> None:
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Process entry point: serve until SIGTERM, or SIGINT (a terminal's Ctrl-C reaches every worker too)."""
-    import signal
+    """Process entry point: serve until SIGTERM, or SIGINT for a worker started on its own.
 
+    A coordinator starts its workers with SIGINT ignored, as a terminal's Ctrl-C reaches them too, even
+    while they load; it stops them with SIGTERM. Such a worker keeps ignoring SIGINT.
+    """
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {settings.worker_id} %(levelname)s %(message)s")
     worker = Worker(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda *_: worker.stop())
     coordinator = multiprocessing.parent_process()
     if coordinator is not None:  # killed without a goodbye (SIGKILL, OOM): no orphan keeps taking requests
 
