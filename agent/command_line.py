@@ -61,3 +61,10 @@ def _version() -> str:
         return metadata.version("fedge")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def os_error_reason(exc: OSError) -> str:
+    """``No space left on device: /tmp/x``, for a one-line message; an OSError without errno has only its text."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.command_line import os_error_reason
 from agent.exit_codes import ExitCode
 from cloud.access import FleetError, load_fleet, write_access_files
 
@@ -35,7 +36,7 @@ def run_acl(args: argparse.Namespace) -> int:
     try:
         files = write_access_files(fleet, args.out)
     except OSError as exc:
-        print(f"fedge-cloud acl: cannot write to {args.out}: {exc.strerror} ({exc.filename})", file=sys.stderr)
+        print(f"fedge-cloud acl: cannot write to {args.out}: {os_error_reason(exc)}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     print(f"wrote {files.passwords} and {files.acl} for {len(files.secrets)} users")
     if files.created:

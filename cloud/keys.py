@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import BaseModel
 
-from agent.command_line import print_help_of
+from agent.command_line import os_error_reason, print_help_of
 from agent.durable import sync_directory, write_temp
 from agent.exit_codes import ExitCode
 from agent.signing import KeyFileError, Signed
@@ -116,7 +116,7 @@ def run_keys_init(args: argparse.Namespace) -> int:
         print(f"fedge-cloud keys init: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except OSError as exc:  # a directory that cannot be made or written: the user's to fix, like any bad path
-        print(f"fedge-cloud keys init: cannot write the key pair: {exc.strerror} ({exc.filename})", file=sys.stderr)
+        print(f"fedge-cloud keys init: cannot write the key pair: {os_error_reason(exc)}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     print(f"private key {private} (keep it secret), public key {public} (copy it to every device)")
     return ExitCode.OK

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from agent.command_line import print_help_of
+from agent.command_line import os_error_reason, print_help_of
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
@@ -53,13 +53,6 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(run=run_train)
 
 
-def _reason(exc: OSError) -> str:
-    """``No space left on device: /tmp/x``; an OSError without errno has only its message."""
-    if exc.strerror is None:
-        return str(exc)
-    return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-
-
 def run_train(args: argparse.Namespace) -> int:
     from cloud.zoo.pipeline import train_and_publish  # torch loads only for commands that train
 
@@ -76,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         store.root.mkdir(parents=True, exist_ok=True)  # a store that cannot be written fails now, not after training
     except OSError as exc:
-        print(f"fedge-cloud train: cannot write the store {store.root}: {_reason(exc)}", file=sys.stderr)
+        print(f"fedge-cloud train: cannot write the store {store.root}: {os_error_reason(exc)}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     try:
         result = train_and_publish(
@@ -87,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"fedge-cloud train: {exc} (--train-size, --test-size)", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except OSError as exc:  # e.g. a full temporary directory while exporting: not necessarily the store
-        print(f"fedge-cloud train: {args.task}/{args.model} not released: {_reason(exc)}", file=sys.stderr)
+        print(f"fedge-cloud train: {args.task}/{args.model} not released: {os_error_reason(exc)}", file=sys.stderr)
         return ExitCode.FAILURE
     m = result.stored.manifest
     print(f"{m.task}/{m.name} v{m.version}: test accuracy {result.test_accuracy:.2%}, "
