@@ -49,7 +49,7 @@ bench: install
 
 # Trains (or reuses ./store) the zoo's models, then a private broker, 2 workers, 2 agents.
 demo: install
-	$(PY) -m cloud.demo $(ARGS)
+	$(PY) -m cloud.local.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

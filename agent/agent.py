@@ -1,60 +1,41 @@
-"""The edge agent: local inference first, the cloud when unsure or busy, always one answer in time.
+"""The edge agent: one device's parts, built from its profile and wired together.
 
 ``Agent`` is what ``fedge-agent run`` starts and what tests and benchmarks run
-in-process. A request is checked, queued for the local model (or sent straight
-to the cloud when the local queue is past capacity), and its calibrated
-confidence decides whether the cloud is asked. Whatever goes wrong on the way
-to the cloud (no broker, a silent or broken cloud, the deadline) ends in the
-local answer marked ``degraded``; nothing waits past the deadline.
+in-process: the local models, the uplink to the cloud, the sample store, the
+HTTP API, heartbeats and releases. What answers a request is the cascade
+(agent/cascade.py): local first, the cloud when unsure or busy, always one
+answer in time.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from agent.batching import BatcherClosed, QueueFull
-from agent.confidence import confidence, fuse
+from agent.cascade import DEFAULT_QUEUE_DEPTH, OUTPUT, Cascade, Route
 from agent.feedback import FeedbackTally
 from agent.http_api import ApiServer
 from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
-from agent.mqtt_client import TlsFiles
-from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
-from agent.policy import (
-    CapacityLimits,
-    ConfidencePolicy,
-    Pressure,
-    Reason,
-    confidence_policy,
-    may_offload,
-    over_capacity,
-)
-from agent.profile.offload import GeometricMeanFusion, Metric
-from agent.profile.resolve import resolve_password
+from agent.mqtt_client import BrokerSettings, TlsFiles
 from agent.profile.schema import Profile
 from agent.protocol import (
     DEFAULT_LIMITS,
     ErrorCode,
-    ErrorReply,
     InferReply,
     InferRequest,
     Limits,
     ProtocolError,
-    Source,
     Topics,
     dtypes,
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
+from agent.uplink import Uplink
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; JetPack 6 boards run 3.10
@@ -62,19 +43,7 @@ if TYPE_CHECKING:
     from agent.updates import Updater
 
 log = logging.getLogger(__name__)
-DEFAULT_DEADLINE_MS = 1000.0
-OUTPUT = "probabilities"
 MAX_LABEL = 2**31  # a class index the sample store (SQLite INTEGER) and the cloud's counts can hold
-
-
-@dataclass
-class _Task:
-    model: LocalModel
-    policy: ConfidencePolicy | None
-    limits: CapacityLimits | None
-    metric: Metric
-    fusion_weight: float | None
-    deadline_ms: float
 
 
 class Agent:
@@ -91,9 +60,10 @@ class Agent:
         self.metrics = AgentMetrics()
         self._broker = broker or self.broker_settings(profile)
         self._api_port = profile.api.port if api_port is None else api_port
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, Route] = {}
+        self.cascade: Cascade | None = None  # made in start(), once the uplink and the sample store exist
         self.samples: SampleStore | None = None
-        self.offload: OffloadClient | None = None
+        self.uplink: Uplink | None = None
         self.api: ApiServer | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -109,7 +79,7 @@ class Agent:
         b = profile.broker
         # a tls section means TLS, with the system's CAs unless one is named
         tls = None if b.tls is None else TlsFiles.from_config(b.tls, profile.resolve_path)
-        return BrokerSettings(b.host, b.port, tls, b.username, resolve_password(profile), b.keepalive_s)
+        return BrokerSettings(b.host, b.port, tls, b.username, b.password("broker", profile.resolve_path), b.keepalive_s)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Self:
@@ -128,17 +98,8 @@ class Agent:
         p = self.profile
         for task, spec in p.models.items():
             policy = p.offload.get(task)
-            depth = policy.max_queue_depth if policy else 64
-            model = LocalModel.load(task, spec, p, self.store, max_queue_depth=depth)
-            self._tasks[task] = _Task(
-                model=model,
-                policy=confidence_policy(policy) if policy else None,
-                limits=CapacityLimits(policy.max_queue_depth, policy.max_inflight, policy.local_latency_slo_ms)
-                if policy else None,
-                metric=policy.metric if policy else "max_prob",
-                fusion_weight=policy.fusion.weight if policy and isinstance(policy.fusion, GeometricMeanFusion) else None,
-                deadline_ms=policy.default_deadline_ms if policy else DEFAULT_DEADLINE_MS,
-            )
+            depth = policy.max_queue_depth if policy else DEFAULT_QUEUE_DEPTH
+            self._tasks[task] = Route.of(LocalModel.load(task, spec, p, self.store, max_queue_depth=depth), policy)
         if p.updates.enabled:  # the release key is checked before anything connects
             from agent.updates import Updater  # signature checks load cryptography: only where updates are on
 
@@ -148,17 +109,21 @@ class Agent:
                                    max_bytes=samples.max_bytes, retention_days=samples.retention_days)
         if p.offload or p.updates.enabled:  # releases arrive on the same connection
             inflight = max((policy.max_inflight for policy in p.offload.values()), default=1)
-            self.offload = OffloadClient(self.device_id, self.topics, self._broker, max_inflight=inflight,
+            self.uplink = Uplink(self.device_id, self.topics, self._broker, max_inflight=inflight,
                                          client_id=p.mqtt_client_id)
-            self.offload.start()
-        if self.updater is not None and self.offload is not None:
-            self.updater.start(self.offload)
+            self.uplink.start()
+        self.cascade = Cascade(self.metrics, self.uplink, self.samples, self._stop)
+        if self.updater is not None and self.uplink is not None:
+            self.updater.start(self.uplink)
         if p.api.enabled:
             self.api = ApiServer(self, p.api.host, self._api_port)
             self.api.start()
-        if p.metrics.enabled and self.offload is not None:
+        if p.metrics.enabled and self.uplink is not None:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="fedge-heartbeat", daemon=True)
             self._heartbeat.start()
+        if p.federated.enabled:
+            log.warning("federated.enabled is set, but this fedge-agent does not take part in federated rounds yet:"
+                        " it keeps samples (storage.samples) for when it does")
         self._ready = True
         log.info("agent %s ready: tasks %s", self.device_id, ", ".join(self._tasks))
 
@@ -172,8 +137,8 @@ class Agent:
             self.updater.stop()
         for task in self._tasks.values():
             task.model.batcher.close(drain=True)
-        if self.offload is not None:
-            self.offload.stop()
+        if self.uplink is not None:
+            self.uplink.stop()
         if self._heartbeat is not None:
             self._heartbeat.join(5)
         if self.samples is not None:
@@ -208,125 +173,15 @@ class Agent:
         if task is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"no model for task {request.task!r}; "
                                                        f"this agent serves {', '.join(sorted(self._tasks))}")
+        assert self.cascade is not None, "start() the agent first"
         try:
-            reply = self._serve(task, request, started)
+            reply = self.cascade.answer(task, request, started)
         except ProtocolError as exc:
             self.metrics.errors.labels(request.task, exc.code.value).inc()
             raise
         self._count(request.task, reply, started)
         self.answers.answered(request.task, reply)
         return reply
-
-    def _serve(self, task: _Task, request: InferRequest, started: float) -> InferReply:
-        x = task.model.check_input(request.tensor)
-        deadline = started + (request.timeout_ms if request.timeout_ms is not None else task.deadline_ms) / 1000
-        if task.policy is None or task.limits is None:  # local only: no load picture needed
-            probs, timings = self._run_local(task, request, x, deadline)
-            finite = bool(np.isfinite(probs).all())
-            return self._local_reply(task, request, probs, timings, degraded=False, finite=finite)
-        pressure = self._pressure(task)
-        if over_capacity(task.limits, pressure) and may_offload(task.limits, pressure, request.priority) is None:
-            reply = self._ask_cloud(task, request, x, None, deadline, Reason.CAPACITY, {})
-            if reply is not None:
-                return reply
-        probs, timings = self._run_local(task, request, x, deadline)
-        conf = float(confidence(probs, task.metric).min())
-        finite = math.isfinite(conf)  # NaN in the probabilities (a model overflowing) makes every metric NaN
-        if finite and not task.policy.wants_offload(conf):
-            self.metrics.offload_window.add(0.0)
-            return self._local_reply(task, request, probs, timings, degraded=False, finite=True)
-        blocked = may_offload(task.limits, self._pressure(task), request.priority)
-        if blocked is not None:
-            self.metrics.offload_window.add(0.0)
-            return self._local_reply(task, request, probs, timings, degraded=True, finite=finite)
-        reply = self._ask_cloud(task, request, x, probs if finite else None, deadline, Reason.UNCONFIDENT, timings)
-        if reply is not None:
-            return reply
-        return self._local_reply(task, request, probs, timings, degraded=True, finite=finite)
-
-    def _run_local(self, task: _Task, request: InferRequest, x: np.ndarray, deadline: float
-                   ) -> tuple[np.ndarray, dict[str, float]]:
-        model = task.model
-        try:
-            ran = model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
-        except QueueFull as exc:
-            raise ProtocolError(ErrorCode.OVERLOADED, f"{exc}; retry later or with a higher priority") from None
-        except BatcherClosed as exc:
-            if task.model is not model and not self._stop.is_set():  # a new version took over: run it there
-                return self._run_local(task, request, x, deadline)
-            raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
-        except TimeoutError:
-            raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
-        timings = {"queue": ran.queue_s * 1000, "local": ran.run_s * 1000}
-        return ran.outputs, timings
-
-    def _ask_cloud(self, task: _Task, request: InferRequest, x: np.ndarray, local_probs: np.ndarray | None,
-                   deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | None:
-        """The cloud's (or fused) answer, or None when it cannot be had in time (caller answers locally)."""
-        assert self.offload is not None
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0:
-            return None
-        cloud_request = InferRequest(task.model.task, {"input": x}, request.request_id, request.priority, remaining_ms)
-        sent = time.monotonic()
-        self.metrics.offloads.labels(task.model.task, reason.value).inc()
-        self.metrics.offload_window.add(1.0)
-        try:
-            correlation, future = self.offload.submit(cloud_request)
-        except OffloadUnavailable as exc:
-            log.debug("offload of %s not sent: %s", request.request_id, exc)
-            return None
-        try:
-            answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            self.offload.forget(correlation)
-            log.info("cloud did not answer %s within its deadline; answering locally", request.request_id)
-            return None
-        except (ConnectionLost, ProtocolError) as exc:
-            log.info("offload of %s failed (%s); answering locally", request.request_id, exc)
-            return None
-        if isinstance(answer, ErrorReply):
-            log.info("cloud refused %s: %s %s", request.request_id, answer.code.value, answer.message)
-            return None
-        cloud_probs = next(iter(answer.outputs.values()), None)
-        expected = (len(x), task.model.manifest.outputs[0].shape[-1]) if task.model.manifest else None
-        if cloud_probs is None or cloud_probs.ndim != 2 or len(cloud_probs) != len(x) or \
-                (expected is not None and cloud_probs.shape != expected) or not np.isfinite(cloud_probs).all():
-            log.warning("ignored a cloud answer of shape %s for %s (expected %s)",
-                        None if cloud_probs is None else cloud_probs.shape, request.request_id, expected)
-            return None
-        round_trip_ms = (time.monotonic() - sent) * 1000
-        cloud_ms = answer.timings_ms.get("cloud", 0.0) + answer.timings_ms.get("queue", 0.0)
-        if self.samples is not None:
-            self.samples.add(request.request_id, task.model.task, x, cloud_probs)
-        source, probs = Source.CLOUD, cloud_probs.astype(np.float32)
-        if task.fusion_weight is not None and local_probs is not None:
-            source, probs = Source.FUSED, fuse(local_probs, probs, task.fusion_weight)
-        self.metrics.offload_ms.add(round_trip_ms)
-        return InferReply({OUTPUT: probs}, answer.model_name, answer.model_version, request.request_id, source, False,
-                          {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms})
-
-    def _local_reply(self, task: _Task, request: InferRequest, probs: np.ndarray, timings: dict[str, float], *,
-                     degraded: bool, finite: bool) -> InferReply:
-        """The local answer, or an error when ``probs`` are not ``finite``: NaN is no answer (nor valid JSON).
-
-        Callers say whether they are: a confidence computed from them already tells, at no extra cost.
-        """
-        if not finite:
-            raise ProtocolError(ErrorCode.INTERNAL, f"the local model {task.model.name} v{task.model.version} gave a"
-                                                    " non-finite output for this input (far outside what it was"
-                                                    " trained on?) and no cloud answer replaced it")
-        self.metrics.local_ms.add(timings.get("local", 0.0))
-        return InferReply({OUTPUT: probs}, task.model.name, task.model.version, request.request_id, Source.EDGE,
-                          degraded, timings)
-
-    def _pressure(self, task: _Task) -> Pressure:
-        depth, wait_ms = task.model.batcher.load()
-        offload = self.offload
-        if offload is None:
-            return Pressure(depth, wait_ms, 0, False, False)
-        status = offload.cloud_status
-        return Pressure(depth, wait_ms, offload.inflight, offload.connected, status is not None and not status.overloaded)
 
     def _count(self, task: str, reply: InferReply, started: float) -> None:
         source = reply.source.value
@@ -363,8 +218,8 @@ class Agent:
     def metrics_text(self) -> tuple[bytes, str]:
         for name, task in self._tasks.items():
             self.metrics.queue_depth.labels(name).set(task.model.batcher.depth)
-        self.metrics.inflight.set(self.offload.inflight if self.offload else 0)
-        self.metrics.broker_connected.set(1 if self.offload and self.offload.connected else 0)
+        self.metrics.inflight.set(self.uplink.inflight if self.uplink else 0)
+        self.metrics.broker_connected.set(1 if self.uplink and self.uplink.connected else 0)
         return self.metrics.exposition()
 
     # -- heartbeat -------------------------------------------------------------------------
@@ -377,6 +232,7 @@ class Agent:
             "models": {name: t.model.version for name, t in self._tasks.items()},
             "offload_rate": m.offload_window.mean() or 0.0,
             "queue_depth": {name: t.model.batcher.depth for name, t in self._tasks.items()},
+            "degraded": m.degraded_counts(),
             "latency_ms": {"local": {"p50": m.local_ms.percentile(50), "p99": m.local_ms.percentile(99)},
                            "offload": {"p50": m.offload_ms.percentile(50), "p99": m.offload_ms.percentile(99)}},
             "cpu_seconds": time.process_time(),
@@ -391,6 +247,6 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         interval = self.profile.metrics.heartbeat_interval_s
         while not self._stop.wait(interval):
-            if self.offload is not None:
-                self.offload.publish_json(self.topics.device_heartbeat(self.device_id), self.heartbeat())
+            if self.uplink is not None:
+                self.uplink.publish_json(self.topics.device_heartbeat(self.device_id), self.heartbeat())
 

@@ -17,12 +17,12 @@ from agent.agent import Agent
 from agent.exit_codes import ExitCode
 from agent.log_format import JsonFormatter
 from agent.manifest import ManifestError
-from agent.mqtt_client import BrokerAddress
-from agent.offload import BrokerSettings, OffloadClient
-from agent.profile import ProfileError, load_profile
+from agent.mqtt_client import BrokerSettings
+from agent.profile import ConfigError, load_profile
 from agent.profile.schema import Profile
 from agent.protocol import InferRequest, ProtocolError, decode_request
 from agent.protocol.oip import reply_document
+from agent.uplink import Uplink
 
 log = logging.getLogger("fedge.agent")
 # How long `infer` gives the broker to accept it, then the cloud's retained status to arrive (one more
@@ -91,19 +91,14 @@ def _setup_logging(profile: Profile) -> None:
 
 def _agent(args: argparse.Namespace, profile: Profile, api_port: int | None = None) -> Agent:
     """The agent the profile and flags describe; ``--broker``'s scheme decides TLS (mqtts:// on, mqtt:// off)."""
-    broker = None
-    if args.broker:
-        address = BrokerAddress.parse(args.broker)
-        base = Agent.broker_settings(profile)
-        broker = BrokerSettings(address.host, address.port, address.tls_files(base.tls), base.username, base.password,
-                                base.keepalive_s)
+    broker = BrokerSettings.from_url(args.broker, Agent.broker_settings(profile)) if args.broker else None
     return Agent(profile, store_root=args.store, broker=broker, api_port=api_port)
 
 
 def _load(path: Path) -> Profile | None:
     try:
         return load_profile(str(path))
-    except ProfileError as exc:
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
 
@@ -123,7 +118,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         agent = _agent(args, profile, args.api_port).start()
-    except (ManifestError, ProfileError, ValueError, OSError) as exc:
+    except (ManifestError, ConfigError, ValueError, OSError) as exc:
         print(f"fedge-agent run: cannot start: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     where = f"http://{profile.api.host}:{agent.api.port}" if agent.api else "no HTTP API"
@@ -174,14 +169,14 @@ def _read_input(task: str, path: Path) -> InferRequest:
     return InferRequest(task, {"input": _read_npy(path)}) if path.suffix == ".npy" else _read_json(task, path)
 
 
-def _why_local(offload: OffloadClient) -> str | None:
+def _why_local(uplink: Uplink) -> str | None:
     """Wait briefly for the broker and the cloud's status; why offloading is off, or None when it is on."""
-    where = f"{offload.broker.host}:{offload.broker.port}"
-    if not offload.wait_connected(CONNECT_WAIT_S):
+    where = uplink.broker.address
+    if not uplink.wait_connected(CONNECT_WAIT_S):
         return f"no connection to the MQTT broker at {where} within {CONNECT_WAIT_S:g} s"
-    status = offload.wait_cloud_status(CLOUD_STATUS_WAIT_S)
+    status = uplink.wait_cloud_status(CLOUD_STATUS_WAIT_S)
     if status is None:
-        return (f"no cloud status on {offload.topics.cloud_status} within {CLOUD_STATUS_WAIT_S:g} s"
+        return (f"no cloud status on {uplink.topics.cloud_status} within {CLOUD_STATUS_WAIT_S:g} s"
                 " (is fedge-cloud serve running on this broker?)")
     return "the cloud reports itself overloaded" if status.overloaded else None
 
@@ -197,11 +192,11 @@ def run_infer(args: argparse.Namespace) -> int:
         if args.timeout_ms is not None:
             request = InferRequest(request.task, request.inputs, request.request_id, request.priority, args.timeout_ms)
         with _agent(args, quiet) as agent:
-            why = _why_local(agent.offload) if agent.offload is not None and args.task in profile.offload else None
+            why = _why_local(agent.uplink) if agent.uplink is not None and args.task in profile.offload else None
             if why is not None:
                 print(f"fedge-agent infer: not offloading: {why}; an unsure answer stays local", file=sys.stderr)
             reply = agent.infer(request)
-    except (ManifestError, ProfileError) as exc:
+    except (ManifestError, ConfigError) as exc:
         print(f"fedge-agent infer: cannot start: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except (OSError, ValueError, ProtocolError) as exc:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.validation_errors import describe
+from agent.config.validation_errors import describe
 
 MANIFEST_FILE = "manifest.json"
 #: Task, model name and file name become path segments in the store: one plain segment each, so a

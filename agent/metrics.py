@@ -126,6 +126,8 @@ class AgentMetrics:
                                 registry=self.registry)
         self.errors = Counter("fedge_errors", "Requests answered with an error, by code", ["task", "code"],
                               registry=self.registry)
+        self.degraded = Counter("fedge_degraded_by_cause", "Local answers marked degraded, by why the cloud's was not"
+                                " had", ["task", "cause"], registry=self.registry)
         self.answers = AnswerStats(_LATENCY_BUCKETS_S)
         self.registry.register(self.answers)
         self.queue_depth = Gauge("fedge_queue_depth", "Requests waiting for the local model", ["task"],
@@ -139,6 +141,15 @@ class AgentMetrics:
         offload_rate.set_function(lambda: self.offload_window.mean() or 0.0)
         self.local_ms = RollingWindow()
         self.offload_ms = RollingWindow()
+
+    def degraded_counts(self) -> dict[str, dict[str, int]]:
+        """``{task: {cause: count}}`` of degraded answers, for the heartbeat."""
+        counts: dict[str, dict[str, int]] = {}
+        for family in self.degraded.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts.setdefault(sample.labels["task"], {})[sample.labels["cause"]] = int(sample.value)
+        return counts
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ from agent.protocol import properties as wire_properties
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from agent.profile.connectivity import TlsConfig
+    from agent.config.broker import TlsConfig
 
 log = logging.getLogger(__name__)
 PAHO_LOG = logging.getLogger("paho.mqtt.client")
@@ -68,16 +68,26 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is, parsed from ``mqtt://host:port`` or ``mqtts://host:port``."""
+class BrokerSettings:
+    """Everything needed to reach a broker: the one broker type of agents, workers and cloud commands."""
 
-    host: str
-    port: int
-    tls: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: TlsFiles | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
 
     @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse a broker URL; a bare ``host[:port]`` means plain MQTT."""
+    def from_url(cls, url: str, base: BrokerSettings | None = None) -> BrokerSettings:
+        """``base`` (credentials, TLS files, keepalive) moved to ``mqtt://host:port`` or ``mqtts://host:port``.
+
+        A bare ``host[:port]`` means plain MQTT. The scheme is the user's explicit choice, so it wins over
+        ``base``'s TLS both ways: mqtts:// uses ``base``'s TLS files (the system's CAs if none), mqtt:// none.
+        ValueError naming the URL when it is not one.
+        """
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
@@ -88,14 +98,12 @@ class BrokerAddress:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise ValueError(f"broker URL {url!r} has a bad port") from None
-        return cls(parts.hostname, port, tls)
+        base = base or cls()
+        return replace(base, host=parts.hostname, port=port, tls=(base.tls or TlsFiles()) if tls else None)
 
-    def tls_files(self, configured: TlsFiles | None) -> TlsFiles | None:
-        """The TLS this URL asks for: mqtts:// uses the configured files (the system's CAs if none), mqtt:// none.
-
-        The scheme is the user's explicit choice, so it wins over the profile's ``tls`` section both ways.
-        """
-        return (configured or TlsFiles()) if self.tls else None
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class _Client(mqtt.Client):
@@ -170,15 +178,8 @@ def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def new_client(
-    client_id: str,
-    *,
-    nodelay: bool = True,
-    tls: TlsFiles | None = None,
-    username: str | None = None,
-    password: str | None = None,
-) -> mqtt.Client:
-    """A paho v5 client on the v2 callback API, configured but not yet connected.
+def new_client(client_id: str, broker: BrokerSettings | None = None, *, nodelay: bool = True) -> mqtt.Client:
+    """A paho v5 client on the v2 callback API with ``broker``'s TLS and credentials, not yet connected.
 
     TlsFileError names a TLS file that cannot be read or used.
     """
@@ -193,10 +194,10 @@ def new_client(
     client.on_connect_fail = _report_connect_fail
     if nodelay:
         client.on_socket_open = _set_nodelay
-    if tls is not None:
-        _set_tls(client, tls)
-    if username is not None:
-        client.username_pw_set(username, password)
+    if broker is not None and broker.tls is not None:
+        _set_tls(client, broker.tls)
+    if broker is not None and broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
     return client
 
 

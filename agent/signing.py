@@ -2,7 +2,7 @@
 
 The cloud signs the canonical bytes of a document (every field but its
 ``signature``); the agent holds only the public key, so a device that is broken
-into cannot sign anything. Signing lives in ``cloud.keys``.
+into cannot sign anything. Signing lives in ``cloud.releases.keys``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import yaml
 
 from agent.agent import Agent
 from agent.profile import parse_profile
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 
 
 def agent_profile(state: Path, *, batching: dict[str, Any], broker: Mosquitto | None = None,
@@ -37,8 +37,8 @@ def agent_profile(state: Path, *, batching: dict[str, Any], broker: Mosquitto | 
 @contextmanager
 def running_agent(store_root: Path, state: Path, **options: Any) -> Iterator[Agent]:
     with Agent(agent_profile(state, **options), store_root=store_root, api_port=free_port()) as agent:
-        if agent.offload is not None:
-            agent.offload.wait_connected(10)
+        if agent.uplink is not None:
+            agent.uplink.wait_connected(10)
         yield agent
 
 

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from agent.metrics import rss_mb
 from agent.mqtt_client import connect, new_client
 from agent.protocol import Topics
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,7 @@ from bench.cloud_rig import cpu_seconds, served_cloud
 from bench.fleet_client import Load, Tally, run_fleet
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 SIZES, QUICK_SIZES = (1, 25, 50, 100, 200), (1, 20)
 RATE, BASELINE_RATE = 2.0, 20.0  # requests per second per agent

@@ -1,6 +1,6 @@
 """Simulated agents for the cloud benchmarks: the agent's own MQTT client, many to a process, no local model.
 
-Each simulated agent is an ``agent.offload.OffloadClient`` (its own client id,
+Each simulated agent is an ``agent.uplink.Uplink`` (its own client id,
 reply topic ``{prefix}/device/{id}/reply``, Last Will and retained ``online``
 status, Correlation Data to match replies), so the load is what real agents
 put on the broker and the workers. A few processes hold them, so the load
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from agent.latch import Latch
-from agent.offload import BrokerSettings, ConnectionLost, OffloadClient, OffloadUnavailable
+from agent.mqtt_client import BrokerSettings
 from agent.protocol import ErrorReply, InferReply, InferRequest, ProtocolError, Topics
+from agent.uplink import ConnectionLost, OffloadUnavailable, Uplink
 
 GRACE_S = 2.0  # after a request's deadline, how long before an unanswered request counts as lost
 NOT_SENT, CONNECTION_LOST = "not_sent", "connection_lost"  # outcomes without an answer from the cloud
@@ -123,10 +124,10 @@ class _Recorder:
 
 
 class _Agent:
-    """One simulated agent: an OffloadClient and one input row to send."""
+    """One simulated agent: an Uplink and one input row to send."""
 
     def __init__(self, device_id: str, load: Load, recorder: _Recorder) -> None:
-        self.client = OffloadClient(device_id, Topics(load.prefix), BrokerSettings(load.host, load.port),
+        self.client = Uplink(device_id, Topics(load.prefix), BrokerSettings(load.host, load.port),
                                     max_inflight=max(load.inflight, 1024), client_id=f"bench-{device_id}")
         self.load = load
         self.recorder = recorder

@@ -23,7 +23,7 @@ from agent.metrics import rss_mb
 from agent.model_store import ModelStore
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 
 BASELINE = "import sys, onnxruntime; print('ready', flush=True); sys.stdin.read()"
 MODULES_PROBE = """

@@ -29,8 +29,8 @@ from bench.agent_rig import calls_per_second, running_agent
 from bench.raw_mqtt import Case, PingPong
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
-from cloud.mosquitto import Mosquitto
-from cloud.reference_worker import ReferenceWorker
+from cloud.local.mosquitto import Mosquitto
+from cloud.local.reference_worker import ReferenceWorker
 
 ALWAYS = {"mode": "threshold", "metric": "max_prob", "threshold": 1.0, "max_inflight": 64, "max_queue_depth": 256,
           "local_latency_slo_ms": 1000, "default_deadline_ms": 5000}
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             with running_agent(store.root, Path(tmp) / "state", broker=broker, offload=ALWAYS,
                                batching={"max_batch_size": 8, "max_queue_delay_ms": 1}) as agent:
-                assert agent.offload is not None
-                while agent.offload.cloud_status is None:
+                assert agent.uplink is not None
+                while agent.uplink.cloud_status is None:
                     time.sleep(0.01)
                 _round_trips(agent, x, 50)  # warm-up
                 agent_rtts = _round_trips(agent, x, count)

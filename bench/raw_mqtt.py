@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from agent.metrics import nearest_rank
 from agent.mqtt_client import connect, new_client
 from bench.results_file import Goal, bench_arguments, write_result
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 PING, PONG = "bench/ping", "bench/pong"
 

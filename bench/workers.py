@@ -34,7 +34,7 @@ from bench.cloud_rig import ServedCloud, cpu_seconds, served_cloud
 from bench.fleet_client import Load, Tally, run_fleet
 from bench.results_file import Goal, bench_arguments, write_result
 from bench.zoo_models import train_zoo
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 COUNTS, QUICK_COUNTS = (1, 2, 4), (1, 2)
 AGENTS, PROCESSES, INFLIGHT = 16, 2, 6  # 96 requests in flight: full batches of 32 for up to 3 workers

@@ -17,18 +17,16 @@ from agent.command_line import Registrar, build_parser, dispatch
 
 def subcommands() -> tuple[Registrar, ...]:
     """Every subcommand's registrar, in ``--help`` order."""
-    from cloud.access_commands import add_acl
     from cloud.compress.commands import add_compress
-    from cloud.devices_commands import add_devices
-    from cloud.keys import add_keys
+    from cloud.fleet.commands import add_acl, add_devices, add_listen
     from cloud.registry.commands import add_state_actions
-    from cloud.release_commands import add_publish, add_rollout
+    from cloud.releases.commands import add_keys, add_publish, add_rollout
     from cloud.serving.commands import add_serve
     from cloud.zoo.commands import add_models, add_train
 
     models_actions = (add_state_actions, add_publish)  # `models` actions beyond `list` live with what they drive
     return (add_train, partial(add_models, more_actions=models_actions), add_compress, add_serve, add_acl,
-            add_devices, add_keys, add_rollout)
+            add_devices, add_listen, add_keys, add_rollout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from agent.model_store import ModelStore
 from agent.profile import parse_profile
 from agent.profile.schema import Profile
 from agent.session import open_session
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 # Kept free of torch imports at module level: the no-torch test imports make_profile from here.
 TRAIN_SIZE, TEST_SIZE = 2000, 1000
@@ -38,7 +38,8 @@ def cloud_answer(store: ModelStore):  # type: ignore[no-untyped-def]
 
 
 def profile_doc(tmp: Path, broker: Mosquitto | None, *, offload: dict[str, Any] | None = None,
-                samples: bool = True, api_port: int = 0, batching: dict[str, Any] | None = None) -> dict[str, Any]:
+                samples: bool = True, api_port: int = 0, batching: dict[str, Any] | None = None,
+                federated: dict[str, Any] | None = None) -> dict[str, Any]:
     """A profile serving mnist1d from the store at ``tmp/state/models``, offloading through ``broker``."""
     doc: dict[str, Any] = {
         "device": {"id": "test-dev", "kind": "test-box"},
@@ -47,7 +48,7 @@ def profile_doc(tmp: Path, broker: Mosquitto | None, *, offload: dict[str, Any] 
                                "batching": batching or {"max_batch_size": 8, "max_queue_delay_ms": 1}}},
         "api": {"enabled": True, "host": "127.0.0.1", "port": api_port or 8080},
         "storage": {"directory": str(tmp / "state"), "samples": {"enabled": samples}},
-        "federated": {"enabled": False},
+        "federated": federated or {"enabled": False},
         "metrics": {"enabled": True, "heartbeat_interval_s": 1},
     }
     if broker is not None:

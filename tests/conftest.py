@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.access import Fleet, acl_text
-from cloud.mosquitto import Mosquitto, MosquittoError, ServerTls, find_binary
+from cloud.fleet.access import Fleet, acl_text
+from cloud.local.mosquitto import Mosquitto, MosquittoError, ServerTls, find_binary
 from tests.tls_certs import CertSet, make_certs
 
 # The fleet the ACL tests use, its ACL written by the same code as `fedge-cloud acl`.

@@ -5,14 +5,15 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.mqtt_client import TlsFiles, connect, new_client
-from cloud.mosquitto import Mosquitto
+from agent.mqtt_client import BrokerSettings, TlsFiles, connect, new_client
+from cloud.local.mosquitto import Mosquitto
 
 _ids = itertools.count()
 
@@ -21,7 +22,7 @@ _ids = itertools.count()
 def client(broker: Mosquitto, name: str = "test", *, tls: TlsFiles | None = None,
            username: str | None = None, password: str | None = None) -> Iterator[mqtt.Client]:
     """A connected v5 client whose loop runs until the block ends."""
-    c = new_client(f"{name}-{next(_ids)}", tls=tls, username=username, password=password)
+    c = new_client(f"{name}-{next(_ids)}", BrokerSettings(tls=tls, username=username, password=password))
     connect(c, "localhost" if tls else broker.host, broker.port, timeout=5)
     try:
         yield c
@@ -61,3 +62,13 @@ def subscribe(c: mqtt.Client, topic: str, qos: int = 1, timeout: float = 5.0) ->
     c.subscribe(topic, qos=qos)
     assert done.wait(timeout), f"no SUBACK for {topic}"
     return codes
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Whether ``check`` holds within ``timeout`` seconds (work on other threads; polled, never a blind sleep)."""
+    deadline, tick = time.monotonic() + timeout, threading.Event()
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        tick.wait(0.02)
+    return True

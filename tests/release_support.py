@@ -19,9 +19,9 @@ from agent.model_store import ModelStore, StoredModel
 from agent.profile import parse_profile
 from agent.profile.schema import Profile
 from cloud.cli import main
-from cloud.keys import init_keys
-from cloud.mosquitto import Mosquitto
-from cloud.release_commands import sign_stored
+from cloud.local.mosquitto import Mosquitto
+from cloud.releases.keys import init_keys
+from cloud.releases.signing import sign_stored
 from cloud.store import publish
 from tests.agent_support import profile_doc
 

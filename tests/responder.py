@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from cloud.mosquitto import Mosquitto
-from cloud.reference_worker import ReferenceWorker
+from cloud.local.mosquitto import Mosquitto
+from cloud.local.reference_worker import ReferenceWorker
 
 Responder = ReferenceWorker
 

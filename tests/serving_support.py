@@ -22,7 +22,7 @@ from agent.confidence import softmax
 from agent.model_store import ModelStore
 from agent.session import open_session
 from cloud.export import export_onnx
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 from cloud.serving.worker import Worker, WorkerSettings
 from cloud.store import load_checkpoint, publish
 from cloud.zoo.architectures import ArchConfig, build

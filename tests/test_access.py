@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from agent.protocol import Topics
-from cloud.access import load_fleet
-from cloud.mosquitto import Mosquitto
+from cloud.fleet.access import load_fleet
+from cloud.local.mosquitto import Mosquitto
 from tests.mqtt_helpers import Inbox, client, subscribe
 
 FEDGE_CLOUD = str(Path(sys.executable).with_name("fedge-cloud"))

@@ -26,7 +26,7 @@ import pytest
 
 from agent.mqtt_client import TlsFiles
 from agent.protocol import Topics
-from cloud.mosquitto import Mosquitto, ServerTls
+from cloud.local.mosquitto import Mosquitto, ServerTls
 from tests.conftest import ACL, USERS
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.tls_certs import make_certs

@@ -30,7 +30,7 @@ from agent.profile import parse_profile
 from agent.protocol import ErrorCode, InferRequest, ProtocolError, Source, Topics
 from agent.runtime import check_precision
 from agent.session import open_session
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.responder import responding
@@ -55,9 +55,9 @@ def agent_with_cloud(zoo: Path, broker: Mosquitto) -> Iterator[tuple[Agent, Any]
     store = ModelStore(zoo / "state" / "models")
     with responding(broker, cloud_answer(store)) as cloud, \
             Agent(make_profile(zoo, broker, offload=THRESHOLD, api_port=free_port())) as agent:
-        assert agent.offload is not None and agent.offload.wait_connected(5)
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
         deadline = time.monotonic() + 5
-        while agent.offload.cloud_status is None and time.monotonic() < deadline:
+        while agent.uplink.cloud_status is None and time.monotonic() < deadline:
             time.sleep(0.01)
         yield agent, cloud
 
@@ -106,7 +106,10 @@ def test_silent_cloud_gives_a_degraded_local_answer_within_the_deadline(agent_wi
     elapsed_ms = (time.monotonic() - started) * 1000
     assert reply.source is Source.EDGE and reply.degraded
     assert elapsed_ms <= 400 * 1.1 + 20  # the deadline plus 10 % (and a scheduler tick)
-    assert agent.offload is not None and agent.offload.inflight == 0
+    assert agent.uplink is not None and agent.uplink.inflight == 0
+    assert agent.heartbeat()["degraded"] == {"mnist1d": {"cloud_late": 1}}  # counted by cause, for the fleet
+    text = agent.metrics_text()[0].decode()
+    assert 'fedge_degraded_by_cause_total{cause="cloud_late",task="mnist1d"} 1.0' in text
 
 
 def edge_confidence_of(agent: Agent, x: np.ndarray) -> np.ndarray:
@@ -119,8 +122,8 @@ def test_full_local_queue_offloads_by_capacity(zoo: Path, broker: Mosquitto) -> 
     with responding(broker, cloud_answer(store)), \
             Agent(make_profile(zoo, broker, offload=capacity, api_port=free_port(),
                                batching={"max_batch_size": 1, "max_queue_delay_ms": 0})) as agent:
-        assert agent.offload is not None and agent.offload.wait_connected(5)
-        while agent.offload.cloud_status is None:
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
+        while agent.uplink.cloud_status is None:
             time.sleep(0.01)
         x, _ = sample_inputs(64, seed=3)
         replies: list[Any] = [None] * 64
@@ -150,33 +153,36 @@ def test_broker_killed_mid_stream_every_request_answered_once_and_offloading_res
     store = ModelStore(zoo / "state" / "models")
     x, _ = sample_inputs(400, seed=4)
     with Agent(make_profile(zoo, broker, offload={**THRESHOLD, "threshold": 1.0}, api_port=free_port())) as agent:
-        assert agent.offload is not None
+        assert agent.uplink is not None
         replies: list[Any] = []
         with responding(broker, cloud_answer(store)):
-            while agent.offload.cloud_status is None:
+            while agent.uplink.cloud_status is None:
                 time.sleep(0.01)
             replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(50)]
             broker.kill()
             replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(50, 100)]
         broker.start()
-        assert agent.offload.wait_connected(15), "the agent reconnects by itself"
+        assert agent.uplink.wait_connected(15), "the agent reconnects by itself"
         with responding(broker, cloud_answer(store)):
-            while agent.offload.cloud_status is None:
+            while agent.uplink.cloud_status is None:
                 time.sleep(0.01)
             replies += [agent.infer(request(x[i:i + 1], timeout_ms=500)) for i in range(100, 150)]
     assert len(replies) == 150 and len({r.request_id for r in replies}) == 150
     assert all(r.source is Source.CLOUD for r in replies[:50])
     assert all(r.source is Source.EDGE and r.degraded for r in replies[50:100])
     assert all(r.source is Source.CLOUD for r in replies[100:])
+    causes = agent.heartbeat()["degraded"]["mnist1d"]
+    # at most the request in flight when the broker died can time out instead of seeing the connection go
+    assert sum(causes.values()) == 50 and causes["broker_down"] >= 49, causes
 
 
 def test_garbage_and_wrong_shape_replies_are_ignored_and_the_request_still_answered(zoo: Path, broker: Mosquitto) -> None:
     topics = Topics()
     with Agent(make_profile(zoo, broker, offload={**THRESHOLD, "threshold": 1.0}, api_port=free_port())) as agent, \
             client(broker, "bad-cloud") as bad:
-        assert agent.offload is not None and agent.offload.wait_connected(5)
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
         bad.publish(topics.cloud_status, json.dumps({"healthy": True}), qos=1, retain=True).wait_for_publish(5)
-        while agent.offload.cloud_status is None:
+        while agent.uplink.cloud_status is None:
             time.sleep(0.01)
         inbox = Inbox(bad)
         subscribe(bad, topics.infer_filter)
@@ -200,6 +206,7 @@ def test_garbage_and_wrong_shape_replies_are_ignored_and_the_request_still_answe
             t.join(5)
             assert len(done) == 1 and done[0].source is Source.EDGE and done[0].degraded
         bad.publish(topics.cloud_status, b"", qos=1, retain=True).wait_for_publish(5)
+        assert agent.heartbeat()["degraded"] == {"mnist1d": {"bad_reply": 2}}
 
 
 def test_budget_controller_holds_its_rate_on_a_drifting_mnist1d_stream(zoo: Path) -> None:
@@ -333,13 +340,13 @@ def test_a_non_finite_local_output_is_offloaded_or_refused_never_answered(zoo: P
     huge = np.full((1, 40), HUGE, np.float32)
     x, _ = sample_inputs(1)
     with Agent(make_profile(zoo, broker, offload=policy, api_port=free_port())) as agent:
-        assert agent.offload is not None and agent.offload.wait_connected(5)
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
         with pytest.raises(ProtocolError, match="non-finite") as refused:  # no cloud status: nowhere to offload
             agent.infer(request(huge, timeout_ms=500))
         assert refused.value.code is ErrorCode.INTERNAL
         with responding(broker, lambda rows: np.full((len(rows), 10), 0.1, np.float32)) as cloud:
             deadline = time.monotonic() + 5
-            while agent.offload.cloud_status is None and time.monotonic() < deadline:
+            while agent.uplink.cloud_status is None and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert agent.infer(request(x)).source is Source.EDGE  # threshold 0: finite answers stay local
             reply = agent.infer(request(huge))
@@ -434,6 +441,15 @@ def test_heartbeat_and_retained_status_reach_the_broker(zoo: Path, broker: Mosqu
             beat = json.loads(inbox.get(timeout=5).payload)
     assert beat["device_id"] == "test-dev" and beat["models"] == {"mnist1d": "1"}
     assert {"offload_rate", "queue_depth", "latency_ms", "rss_mb"} <= beat.keys()
+
+
+def test_a_profile_asking_for_federated_rounds_is_told_they_do_not_run_yet(
+        zoo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    federated = {"enabled": True, "server_address": "127.0.0.1:9092"}
+    with caplog.at_level(logging.WARNING), Agent(make_profile(zoo, None, federated=federated, api_port=free_port())):
+        pass
+    assert any("federated.enabled is set" in r.getMessage() and "does not take part" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_the_inference_path_imports_no_torch(zoo: Path) -> None:

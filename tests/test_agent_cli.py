@@ -21,7 +21,7 @@ from agent.model_store import ModelStore
 from agent.mqtt_client import TlsFiles
 from agent.protocol import Topics
 from agent.session import open_session
-from cloud.mosquitto import Mosquitto, ServerTls, free_port
+from cloud.local.mosquitto import Mosquitto, ServerTls, free_port
 from tests.agent_support import cloud_answer, profile_doc, sample_inputs, train_small_zoo
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.responder import responding

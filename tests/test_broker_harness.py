@@ -10,8 +10,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles, connect, new_client
-from cloud.mosquitto import Mosquitto, MosquittoError, password_hash
+from agent.mqtt_client import BrokerConnectError, BrokerSettings, TlsFiles, connect, new_client
+from cloud.fleet.passwords import password_hash
+from cloud.local.mosquitto import Mosquitto, MosquittoError
 from tests.conftest import TlsBroker
 from tests.mqtt_helpers import Inbox, client, subscribe
 
@@ -74,13 +75,14 @@ def test_tls_connection_needs_the_ca(tls_broker: TlsBroker) -> None:
     from tests.tls_certs import make_certs
 
     stranger = make_certs(other_ca)
-    untrusting = new_client("wrong-ca", tls=TlsFiles(stranger.ca_file, stranger.client_cert, stranger.client_key))
+    untrusting = new_client("wrong-ca", BrokerSettings(tls=TlsFiles(stranger.ca_file, stranger.client_cert,
+                                                                   stranger.client_key)))
     with pytest.raises(BrokerConnectError, match="cannot reach"):
         connect(untrusting, "localhost", tls_broker.broker.port, timeout=2)
 
 
 def test_wrong_password_is_refused_with_its_reason_code(acl_broker: Mosquitto) -> None:
-    bad = new_client("intruder", username="device-a", password="wrong")
+    bad = new_client("intruder", BrokerSettings(username="device-a", password="wrong"))
     with pytest.raises(BrokerConnectError, match=r"refused: Not authorized|Bad user name or password"):
         connect(bad, acl_broker.host, acl_broker.port, timeout=3)
     anonymous = new_client("anonymous")
@@ -111,7 +113,7 @@ def test_acl_keeps_devices_apart(acl_broker: Mosquitto) -> None:
 
 def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("cloud.mosquitto.os.access", lambda *_: False)
+    monkeypatch.setattr("cloud.local.mosquitto.os.access", lambda *_: False)
     with pytest.raises(MosquittoError, match="apt-get install -y mosquitto mosquitto-clients"):
         Mosquitto()
 
@@ -128,13 +130,22 @@ def test_password_hash_matches_mosquitto_format() -> None:
 
 @pytest.mark.parametrize(
     ("url", "expected"),
-    [("mqtt://h:1884", BrokerAddress("h", 1884)), ("mqtts://h", BrokerAddress("h", 8883, True)),
-     ("localhost", BrokerAddress("localhost", 1883))],
+    [("mqtt://h:1884", BrokerSettings("h", 1884)), ("mqtts://h", BrokerSettings("h", 8883, TlsFiles())),
+     ("localhost", BrokerSettings("localhost", 1883))],
 )
-def test_broker_url(url: str, expected: BrokerAddress) -> None:
-    assert BrokerAddress.parse(url) == expected
+def test_broker_url(url: str, expected: BrokerSettings) -> None:
+    assert BrokerSettings.from_url(url) == expected
+
+
+def test_broker_url_keeps_credentials_and_its_scheme_decides_tls() -> None:
+    base = BrokerSettings("profile-host", 8883, TlsFiles(Path("ca.pem")), "dev", "pw", keepalive_s=60)
+    plain = BrokerSettings.from_url("mqtt://other:1884", base)
+    assert (plain.host, plain.port, plain.tls, plain.username, plain.password, plain.keepalive_s) == \
+        ("other", 1884, None, "dev", "pw", 60)
+    assert BrokerSettings.from_url("mqtts://other", base).tls == TlsFiles(Path("ca.pem"))
+    assert BrokerSettings.from_url("mqtts://other").tls == TlsFiles()  # the system's CAs
 
 
 def test_bad_broker_url() -> None:
     with pytest.raises(ValueError, match="scheme"):
-        BrokerAddress.parse("http://h:1")
+        BrokerSettings.from_url("http://h:1")

@@ -21,7 +21,7 @@ from agent.exit_codes import ExitCode
 from agent.model_store import ModelStore
 from agent.protocol import InferRequest, Topics, encode_request
 from agent.updates.release import parse_release
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import ModelState, open_registry
 from cloud.serving.worker import WorkerSettings
 from cloud.store import publish
@@ -292,7 +292,7 @@ def test_a_worker_that_stops_answers_every_request_the_broker_sent_it(tmp_path: 
     store = _cloud_store(tmp_path / "store")
 
     def settings(worker_id: str) -> WorkerSettings:
-        return WorkerSettings(store=store, host=broker.host, port=broker.port, worker_id=worker_id,
+        return WorkerSettings(store=store, broker=broker.settings, worker_id=worker_id,
                               status_interval_s=0.2)
 
     x = np.zeros((1, 40), np.float32)

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.mqtt_client import connect, new_client
-from agent.offload import BrokerSettings, OffloadClient
+from agent.mqtt_client import BrokerSettings, connect, new_client
 from agent.protocol import Topics
-from cloud.mosquitto import Mosquitto
-from tests.mqtt_helpers import client
-from tests.test_offload import eventually
+from agent.uplink import Uplink
+from cloud.local.mosquitto import Mosquitto
+from tests.mqtt_helpers import client, eventually
 
 TOPICS = Topics()
 
@@ -23,7 +22,7 @@ TOPICS = Topics()
 class Attempts:
     """Counts a client's connection attempts (paho's on_pre_connect runs before each one)."""
 
-    def __init__(self, agent: OffloadClient) -> None:
+    def __init__(self, agent: Uplink) -> None:
         self.count = 0
         self._lock = threading.Lock()
         agent._client.on_pre_connect = self._attempt
@@ -53,8 +52,8 @@ def paho_no_socket_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.startswith("paho") and "not connected" in r.getMessage()]
 
 
-def fast_retrying(host: str, port: int, device: str = "dev-r") -> OffloadClient:
-    return OffloadClient(device, TOPICS, BrokerSettings(host, port, reconnect_min_s=0.02, reconnect_max_s=0.05))
+def fast_retrying(host: str, port: int, device: str = "dev-r") -> Uplink:
+    return Uplink(device, TOPICS, BrokerSettings(host, port, reconnect_min_s=0.02, reconnect_max_s=0.05))
 
 
 def test_a_refusing_broker_is_named_once_per_outage_with_the_reason(broker: Mosquitto,

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.protocol import Topics
-from cloud.devices import DeviceListener
-from cloud.devices_commands import ago
-from cloud.mosquitto import Mosquitto
+from cloud.fleet.commands import ago
+from cloud.fleet.devices import DeviceListener
+from cloud.local.mosquitto import Mosquitto
 from cloud.registry import DeviceRecord, Registry, open_registry
-from tests.mqtt_helpers import client
+from tests.mqtt_helpers import client, eventually
 
 PREFIX = "fedge/test"
 TOPICS = Topics(PREFIX)
@@ -26,7 +26,7 @@ TOPICS = Topics(PREFIX)
 DEVICE = """
 import json, sys
 from agent.mqtt_client import connect, new_client
-from agent.offload import OFFLINE, ONLINE
+from agent.protocol import OFFLINE, ONLINE
 from agent.protocol import Topics
 port, device, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 topics = Topics(prefix)
@@ -42,16 +42,6 @@ sys.stdin.read()
 """
 
 
-def eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Wait until ``check()`` holds (the listener writes on its own thread), or give up after ``timeout``."""
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return True
-        pause.wait(0.02)
-    return check()
-
-
 def device(registry: Registry, device_id: str) -> DeviceRecord | None:
     return next((d for d in registry.devices() if d.device_id == device_id), None)
 
@@ -64,7 +54,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 @pytest.fixture
 def listener(registry: Registry, broker: Mosquitto) -> Iterator[DeviceListener]:
-    with DeviceListener(registry, broker.host, broker.port, PREFIX) as running:
+    with DeviceListener(registry, broker.settings, PREFIX) as running:
         yield running
 
 
@@ -90,14 +80,14 @@ def test_heartbeat_then_kill_9_shows_online_then_offline(listener: DeviceListene
 def test_retained_status_reaches_a_listener_started_later(registry: Registry, broker: Mosquitto) -> None:
     with client(broker, "gone") as c:
         c.publish(TOPICS.device_status("zero-1"), b"offline", qos=1, retain=True).wait_for_publish(5)
-    with DeviceListener(registry, broker.host, broker.port, PREFIX):
+    with DeviceListener(registry, broker.settings, PREFIX):
         assert eventually(lambda: device(registry, "zero-1") is not None)
     assert device(registry, "zero-1").online is False  # type: ignore[union-attr]
 
 
 def test_garbage_is_ignored_and_the_listener_keeps_going(listener: DeviceListener, registry: Registry,
                                                          broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="cloud.devices")
+    caplog.set_level(logging.WARNING, logger="cloud.fleet.devices")
     garbage = [b"\xff\x00not json", b"[1, 2]", json.dumps({"kind": 5}).encode(),
                json.dumps({"offload_rate": "lots"}).encode(), json.dumps({"device_id": "other"}).encode()]
     with client(broker, "fake") as c:
@@ -147,3 +137,31 @@ def test_devices_command_table_json_and_history(tmp_path: Path, capsys: pytest.C
                                             (3 * 86400 + 5, "3d ago")])
 def test_last_seen_reads_as_time_ago(seconds: float, shown: str) -> None:
     assert ago(seconds) == shown
+
+
+def test_fedge_cloud_listen_feeds_the_registry_alone_and_stops_on_sigterm(tmp_path: Path, broker: Mosquitto) -> None:
+    db = tmp_path / "alone.db"
+    listen = subprocess.Popen([str(Path(sys.executable).with_name("fedge-cloud")), "listen", "--broker", broker.url,
+                               "--prefix", PREFIX, "--registry", str(db)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert listen.stdout is not None and "listening on" in listen.stdout.readline()
+        with client(broker, "pi") as c:
+            beat = {"device_id": "pi-9", "kind": "raspberry-pi-4", "models": {"mnist1d": 2}}
+            c.publish(TOPICS.device_heartbeat("pi-9"), json.dumps(beat), qos=1).wait_for_publish(5)
+        with open_registry(db) as registry:
+            assert eventually(lambda: device(registry, "pi-9") is not None)
+            assert device(registry, "pi-9").models == {"mnist1d": "2"}  # type: ignore[union-attr]
+    finally:
+        listen.send_signal(signal.SIGTERM)
+        _, stderr = listen.communicate(timeout=10)
+    assert listen.returncode == 0 and "Traceback" not in stderr, stderr
+
+
+def test_fedge_cloud_listen_names_a_broker_it_cannot_reach(tmp_path: Path) -> None:
+    from cloud.local.mosquitto import free_port
+
+    result = subprocess.run([str(Path(sys.executable).with_name("fedge-cloud")), "listen", "--broker",
+                             f"mqtt://127.0.0.1:{free_port()}", "--registry", str(tmp_path / "r.db")],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 3 and "cannot reach MQTT broker" in result.stderr and "Traceback" not in result.stderr

@@ -14,14 +14,13 @@ import pytest
 from agent.agent import Agent
 from agent.model_store import ModelStore
 from agent.protocol import InferRequest, Source, Topics
-from cloud.devices import DeviceListener
-from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.fleet.devices import DeviceListener
+from cloud.fleet.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
+from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import ModelRecord, Registry
 from cloud.serving.served import FEEDBACK_MIN_N, accuracy_of
 from tests.agent_support import make_profile, sample_inputs
-from tests.mqtt_helpers import client
-from tests.test_devices import eventually
+from tests.mqtt_helpers import client, eventually
 from tests.test_registry import Backend, backend  # noqa: F401  (the fixture: SQLite, and PostgreSQL when set)
 
 PREFIX = "fedge/test"
@@ -49,7 +48,7 @@ def registry(backend: Backend) -> Iterator[Registry]:  # noqa: F811
 
 @pytest.fixture
 def listener(registry: Registry, broker: Mosquitto) -> Iterator[DeviceListener]:
-    with DeviceListener(registry, broker.host, broker.port, PREFIX) as running:
+    with DeviceListener(registry, broker.settings, PREFIX) as running:
         yield running
 
 
@@ -138,7 +137,7 @@ def test_two_devices_sum_and_a_restart_neither_loses_nor_double_counts(
 
 def test_garbage_feedback_is_ignored_and_the_heartbeat_and_listener_go_on(
         broker: Mosquitto, listener: DeviceListener, registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="cloud.devices")
+    caplog.set_level(logging.WARNING, logger="cloud.fleet.devices")
     garbage: list[Any] = [
         "lots", {"tasks": {}}, {"session": "s", "tasks": [1]},
         {"session": "s", "tasks": {TASK: {CLOUD: {"1": {"n": 2, "correct": 5}}}}},

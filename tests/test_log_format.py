@@ -14,7 +14,7 @@ def _record(message: str, *args: object, exc_info: bool = False) -> logging.LogR
         raise ValueError("boom")
     except ValueError:
         info = sys.exc_info() if exc_info else None
-    return logging.LogRecord("agent.offload", logging.WARNING, __file__, 1, message, args, info)
+    return logging.LogRecord("agent.uplink", logging.WARNING, __file__, 1, message, args, info)
 
 
 def test_quotes_newlines_and_bytes_in_a_message_stay_one_parseable_line() -> None:
@@ -22,7 +22,7 @@ def test_quotes_newlines_and_bytes_in_a_message_stay_one_parseable_line() -> Non
     assert "\n" not in line
     doc = json.loads(line)
     assert doc["msg"] == "ignored a reply with correlation data b'x\"y'\nnext"
-    assert (doc["level"], doc["logger"]) == ("WARNING", "agent.offload") and doc["t"].endswith("+00:00")
+    assert (doc["level"], doc["logger"]) == ("WARNING", "agent.uplink") and doc["t"].endswith("+00:00")
 
 
 def test_a_traceback_travels_inside_the_object() -> None:

@@ -22,7 +22,7 @@ from agent.protocol import (
     decode_reply,
     encode_request,
 )
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 from cloud.registry import ModelState, open_registry
 from cloud.serving.latency import LatencyEwma
 from cloud.serving.selection import Reason, UnknownModel, choose
@@ -49,7 +49,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 @pytest.fixture
 def worker(store: ModelStore, broker: Mosquitto) -> Iterator[Worker]:
-    with running_worker(WorkerSettings(store=store.root, host=broker.host, port=broker.port, worker_id="sel",
+    with running_worker(WorkerSettings(store=store.root, broker=broker.settings, worker_id="sel",
                                        max_batch=MAX_BATCH, status_interval_s=0.2), broker) as w:
         yield w
 

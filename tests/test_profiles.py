@@ -25,16 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from agent.config.introspect import is_model
+from agent.config.reference import update
 from agent.profile import (
+    ConfigError,
     Profile,
-    ProfileError,
     load_profile,
     parse_profile,
-    resolve_password,
 )
 from agent.profile.hardware import CudaProvider
-from agent.profile.introspect import is_model
-from agent.profile.reference import update
 from agent.session import available_providers, open_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +196,7 @@ def test_every_problem_is_a_profile_error_never_another_exception() -> None:
             "federated.enabled: federated.enabled needs stored samples",
     }
     for text, message in cases.items():
-        with pytest.raises(ProfileError) as info:
+        with pytest.raises(ConfigError) as info:
             parse_profile(text, "t.yaml", env={})
         assert message in str(info.value), str(info.value)
 
@@ -247,7 +246,7 @@ def test_env_overrides_reach_list_entries_and_create_sections() -> None:
     cuda = profile.hardware.execution_providers[1]
     assert cuda == CudaProvider(device_id=1, gpu_mem_limit_mb=2048)
 
-    with pytest.raises(ProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         load_profile(path, env={"FEDGE__HARDWARE__EXECUTION_PROVIDERS__7__FP16": "true"})
     assert str(info.value) == (
         "environment variable FEDGE__HARDWARE__EXECUTION_PROVIDERS__7__FP16:"
@@ -283,7 +282,7 @@ def test_schema_is_json_with_every_section() -> None:
 
 def test_profile_reference_doc_matches_the_schema() -> None:
     doc = REPO / "docs" / "PROFILES.md"
-    assert update(doc, check=True), "run: python -m agent.profile.reference docs/PROFILES.md"
+    assert update(doc, Profile, check=True), "run: fedge-agent schema --reference docs/PROFILES.md"
     text = doc.read_text(encoding="utf-8")
     pending = [Profile]
     while pending:
@@ -355,15 +354,17 @@ def test_provider_options_follow_the_profile() -> None:
 
 def test_password_is_resolved_from_env_or_file_next_to_the_profile(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s3cret\n", encoding="utf-8")
-    by_file = tmp_path / "file.yaml"
-    by_file.write_text(MINIMAL + "broker: {username: u, password_file: secret}\n", encoding="utf-8")
-    assert resolve_password(load_profile(by_file, env={})) == "s3cret"
+    by_file_path = tmp_path / "file.yaml"
+    by_file_path.write_text(MINIMAL + "broker: {username: u, password_file: secret}\n", encoding="utf-8")
+    by_file = load_profile(by_file_path, env={})
+    assert by_file.broker.password("broker", by_file.resolve_path, {}) == "s3cret"
 
     by_env = parse_profile(MINIMAL + "broker: {username: u, password_env: PW}\n", "e.yaml", env={})
-    assert resolve_password(by_env, env={"PW": "from-env"}) == "from-env"
-    with pytest.raises(ProfileError, match="environment variable PW is not set"):
-        resolve_password(by_env, env={})
-    assert resolve_password(parse_profile(MINIMAL, "m.yaml", env={})) is None
+    assert by_env.broker.password("broker", by_env.resolve_path, {"PW": "from-env"}) == "from-env"
+    with pytest.raises(ConfigError, match="environment variable PW is not set"):
+        by_env.broker.password("broker", by_env.resolve_path, {})
+    anonymous = parse_profile(MINIMAL, "m.yaml", env={})
+    assert anonymous.broker.password("broker", anonymous.resolve_path, {}) is None
 
 
 # --- robustness -------------------------------------------------------------------------------
@@ -387,5 +388,5 @@ def test_any_input_gives_a_profile_or_a_profile_error(tree: dict[str, object], j
     for text in (yaml.safe_dump(tree), junk, yaml.safe_dump(tree)[:-3] + junk):
         try:
             parse_profile(text, "fuzz.yaml", env={})
-        except ProfileError as exc:
+        except ConfigError as exc:
             assert exc.problems and all(str(p) for p in exc.problems)

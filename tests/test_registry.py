@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cloud.mosquitto import free_port
+from cloud.local.mosquitto import free_port
 from cloud.registry import ModelState, Registry, RegistryUnavailable, existing_registry, open_registry
 from cloud.registry.postgres import PostgresRegistry
 from cloud.registry.sql import HEARTBEATS_KEPT

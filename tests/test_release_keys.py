@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.model_store import ModelStore
 from agent.signing import load_public_key
-from cloud.keys import init_keys, load_private_key
+from cloud.releases.keys import init_keys, load_private_key
 from tests.release_support import NAME, TASK, cloud, linear_onnx
 
 

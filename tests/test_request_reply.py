@@ -17,7 +17,7 @@ from agent.protocol import (
     decode_reply,
     encode_request,
 )
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.responder import Responder, responding
 

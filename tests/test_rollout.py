@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,17 @@ from typing import Any
 import pytest
 
 from agent.agent import Agent
+from agent.config.broker import TlsConfig
 from agent.manifest import MANIFEST_FILE
-from agent.mqtt_client import TlsFiles
-from agent.profile.connectivity import TlsConfig
+from agent.mqtt_client import BrokerSettings, TlsFiles
 from agent.protocol import Topics
 from agent.updates import Release
-from cloud.devices import DeviceListener
-from cloud.keys import load_private_key
-from cloud.mosquitto import Mosquitto, ServerTls
+from cloud.fleet.devices import DeviceListener
+from cloud.local.mosquitto import Mosquitto, ServerTls
 from cloud.registry import ModelState, Registry, open_registry
-from cloud.release_channel import ReleaseChannel
-from cloud.rollout import Rollout, RolloutPlan, canary_verdict
+from cloud.releases.channel import ReleaseChannel
+from cloud.releases.keys import load_private_key
+from cloud.releases.rollout import Rollout, RolloutPlan, canary_verdict
 from tests.conftest import ACL, USERS
 from tests.mqtt_helpers import Inbox, client, subscribe
 from tests.release_support import (
@@ -67,23 +68,22 @@ def fleet(tmp_path: Path, broker: Mosquitto, cloud: CloudSide) -> Iterator[list[
 def registry(tmp_path: Path, broker: Mosquitto) -> Iterator[Registry]:
     """The registry, fed with the fleet's heartbeats by the coordinator's device listener."""
     url = tmp_path / "registry.db"
-    with open_registry(url) as feed, DeviceListener(feed, broker.host, broker.port), open_registry(url) as reg:
+    with open_registry(url) as feed, DeviceListener(feed, broker.settings), open_registry(url) as reg:
         reg.add_model(TASK, NAME, 1, ModelState.ACTIVE)
         yield reg
 
 
-def wait_for_group(broker: Mosquitto, registry: Registry, devices: tuple[str, ...] = DEVICES,
-                   **connection: Any) -> None:
+def wait_for_group(broker: BrokerSettings, registry: Registry, devices: tuple[str, ...] = DEVICES) -> None:
     """Until the registry knows every device of the group from its heartbeats (woken by each heartbeat)."""
-    with ReleaseChannel(broker.host, broker.port, Topics(), **connection) as watch:
+    with ReleaseChannel(broker, Topics()) as watch:
         known = watch.wait_until(lambda _hb: {d.device_id for d in registry.devices() if d.group == GROUP}
                                  >= set(devices), 30)
         assert known, registry.devices()
 
 
 def rollout(cloud: CloudSide, registry: Registry, broker: Mosquitto, version: int) -> tuple[str, ReleaseChannel]:
-    wait_for_group(broker, registry)
-    with ReleaseChannel(broker.host, broker.port, Topics()) as channel:
+    wait_for_group(broker.settings, registry)
+    with ReleaseChannel(broker.settings, Topics()) as channel:
         result = Rollout(cloud.store, registry, channel, load_private_key(cloud.private_key)).run(
             RolloutPlan(TASK, NAME, version, GROUP, canary_fraction=0.5, health_timeout_s=60))
         assert result.canary == ["dev-a"]
@@ -133,8 +133,8 @@ def test_a_version_a_killed_rollout_left_at_canary_is_rolled_out_again(
     registry.add_model(TASK, NAME, 2, ModelState.CANARY)
     agent = Agent(follower_profile(home, broker, cloud, device="dev-a", group=GROUP)).start()
     try:
-        wait_for_group(broker, registry, ("dev-a",))
-        with ReleaseChannel(broker.host, broker.port, Topics()) as channel:
+        wait_for_group(broker.settings, registry, ("dev-a",))
+        with ReleaseChannel(broker.settings, Topics()) as channel:
             result = Rollout(cloud.store, registry, channel, load_private_key(cloud.private_key)).run(
                 RolloutPlan(TASK, NAME, 2, GROUP, health_timeout_s=60))
     finally:
@@ -173,7 +173,7 @@ def cli_rollout(cloud: CloudSide, registry_file: Path, broker_url: str, version:
 def test_a_rollout_that_could_not_roll_back_does_not_start(tmp_path: Path, broker: Mosquitto, cloud: CloudSide,
                                                            fleet: list[Agent], registry: Registry) -> None:
     unsign(cloud, 1)  # the version the group runs, and the only way back
-    wait_for_group(broker, registry)
+    wait_for_group(broker.settings, registry)
     refused = cli_rollout(cloud, tmp_path / "registry.db", broker.url, 3)
     assert refused.returncode == 2, refused.stderr
     assert "cannot roll back to v1" in refused.stderr and "not signed" in refused.stderr
@@ -186,8 +186,8 @@ def test_a_rollout_that_could_not_roll_back_does_not_start(tmp_path: Path, broke
 def test_a_failed_first_release_is_withdrawn(tmp_path: Path, broker: Mosquitto, cloud: CloudSide,
                                              fleet: list[Agent], registry: Registry) -> None:
     unsign(cloud, 1)
-    wait_for_group(broker, registry)
-    with ReleaseChannel(broker.host, broker.port, Topics()) as channel:
+    wait_for_group(broker.settings, registry)
+    with ReleaseChannel(broker.settings, Topics()) as channel:
         result = Rollout(cloud.store, registry, channel, load_private_key(cloud.private_key)).run(
             RolloutPlan(TASK, NAME, 3, GROUP, canary_fraction=0.5, health_timeout_s=60, first_release=True))
     assert (result.outcome, result.previous) == ("withdrawn", None)
@@ -201,7 +201,7 @@ def test_a_failed_first_release_is_withdrawn(tmp_path: Path, broker: Mosquitto, 
 
 def test_the_channel_hears_heartbeats_again_after_the_broker_comes_back(broker: Mosquitto) -> None:
     topic = Topics().device_heartbeat("dev-x")
-    with ReleaseChannel(broker.host, broker.port, Topics()) as channel:
+    with ReleaseChannel(broker.settings, Topics()) as channel:
         broker.restart()  # a clean session: the subscription is gone unless the channel makes it again
         with client(broker, "device") as device:  # retained, so it arrives whenever the channel subscribes
             device.publish(topic, json.dumps({"models": {TASK: "1"}}).encode(), qos=1, retain=True).wait_for_publish(5)
@@ -259,11 +259,10 @@ def test_a_rollout_reaches_a_tls_and_acl_broker_as_the_coordinator(tmp_path: Pat
             recent_traffic(agent, cloud)
             agents.append(agent)
         url = tmp_path / "registry.db"
-        with open_registry(url) as feed, DeviceListener(feed, broker.host, broker.port, tls=tls, username="coordinator",
-                                                        password=USERS["coordinator"]), open_registry(url) as reg:
+        coordinator = replace(broker.settings, tls=tls, username="coordinator", password=USERS["coordinator"])
+        with open_registry(url) as feed, DeviceListener(feed, coordinator), open_registry(url) as reg:
             reg.add_model(TASK, NAME, 1, ModelState.ACTIVE)
-            wait_for_group(broker, reg, ("device-a", "device-b"), tls=tls, username="coordinator",
-                           password=USERS["coordinator"])
+            wait_for_group(coordinator, reg, ("device-a", "device-b"))
             tls_flags = ["--ca-file", str(tls.ca_file), "--cert-file", str(tls.cert_file),
                          "--key-file", str(tls.key_file)]
             as_worker = cli_rollout(cloud, url, broker.url, 2, *tls_flags, "--username", "worker",
@@ -288,6 +287,6 @@ def states_of(registry_file: Path) -> dict[int, str]:
 
 def test_rollout_and_keys_do_not_import_torch() -> None:
     """`keys`, the rollout and the release channel run on a coordinator box without the training stack."""
-    code = "import sys, cloud.keys, cloud.rollout, cloud.release_channel; print('torch' in sys.modules)"
+    code = "import sys, cloud.releases.keys, cloud.releases.rollout, cloud.releases.channel; print('torch' in sys.modules)"
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert ran.stdout.strip() == "False"

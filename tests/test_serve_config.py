@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.config.problems import ConfigError
 from agent.model_store import ModelStore
-from agent.profile.problems import ProfileError
 from cloud.cli import main
 from cloud.registry import ModelState, open_registry
 from cloud.serving.config import load_cloud_config
@@ -49,7 +49,7 @@ def test_the_shipped_example_validates() -> None:
 def test_each_bad_field_is_named_at_its_line(tmp_path: Path, text: str, line: int, field: str, says: str) -> None:
     path = tmp_path / "cloud.yaml"
     path.write_text(text)
-    with pytest.raises(ProfileError) as caught:
+    with pytest.raises(ConfigError) as caught:
         load_cloud_config(str(path))
     problem = str(caught.value)
     assert problem.startswith(f"{path}:{line}:") and f" {field}: " in problem and says in problem, problem
@@ -60,7 +60,7 @@ def test_flags_override_the_file_and_a_bad_flag_is_named(tmp_path: Path) -> None
     path.write_text("workers:\n  count: 3\n  max_batch: 8\n")
     config = load_cloud_config(str(path), {"--workers": (("workers", "count"), 5)})
     assert (config.workers.count, config.workers.max_batch) == (5, 8)
-    with pytest.raises(ProfileError, match=r"command-line flag --max-batch: workers\.max_batch: 0 is out of range"):
+    with pytest.raises(ConfigError, match=r"command-line flag --max-batch: workers\.max_batch: 0 is out of range"):
         load_cloud_config(str(path), {"--max-batch": (("workers", "max_batch"), 0)})
 
 
@@ -87,7 +87,7 @@ def test_unreadable_config_and_unset_password_say_what_is_wrong(tmp_path: Path,
 def test_a_config_that_is_no_mapping_is_called_a_cloud_config_and_an_empty_one_means_defaults(tmp_path: Path) -> None:
     path = tmp_path / "cloud.yaml"
     path.write_text("- broker\n- workers\n")
-    with pytest.raises(ProfileError) as caught:
+    with pytest.raises(ConfigError) as caught:
         load_cloud_config(str(path))
     assert "a cloud config is a mapping of sections (broker, workers" in str(caught.value)
     assert "profile" not in str(caught.value)

@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.agent import Agent
-from agent.mqtt_client import BrokerConnectError
+from agent.mqtt_client import BrokerConnectError, BrokerSettings
 from agent.protocol import (
     ErrorCode,
     ErrorReply,
@@ -36,7 +36,7 @@ from agent.protocol import (
     encode_request,
 )
 from cloud.cli import main as cloud_main
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import ModelRecord, ModelState, open_registry
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.scheduler import JobQueue
@@ -57,7 +57,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings(zoo: Path, broker: Mosquitto, **kw: Any) -> WorkerSettings:
-    return WorkerSettings(store=zoo / "state" / "models", host=broker.host, port=broker.port,
+    return WorkerSettings(store=zoo / "state" / "models", broker=broker.settings,
                           worker_id=kw.pop("worker_id", "w"), status_interval_s=0.2, **kw)
 
 
@@ -204,12 +204,12 @@ def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broke
     try:
         with Agent(make_profile(zoo, broker, offload=offload, api_port=free_port())) as agent, \
                 client(broker, "watcher") as watcher:
-            assert agent.offload is not None
+            assert agent.uplink is not None
             statuses = Inbox(watcher)
             subscribe(watcher, TOPICS.cloud_status)
             _wait_for_status(statuses, lambda doc: doc.get("workers_alive") == 2)  # both reported: subscribed
             deadline = time.monotonic() + 60
-            while not (agent.offload.cloud_status and agent.offload.cloud_status.doc.get("workers_alive") == 2):
+            while not (agent.uplink.cloud_status and agent.uplink.cloud_status.doc.get("workers_alive") == 2):
                 assert time.monotonic() < deadline, "the agent did not get the status"
                 time.sleep(0.05)
             x, _ = sample_inputs(300)
@@ -220,7 +220,7 @@ def test_two_worker_processes_share_the_load_and_survive_a_kill(zoo: Path, broke
             assert len(status["served"]) == 2 and all(n > 0 for n in status["served"].values()), status
             mnist = status["tasks"]["mnist1d"]  # per-task load from the workers' reports
             assert mnist["queue_depth"] == 0 and 0 < mnist["p50_ms"] <= mnist["p99_ms"]
-            assert agent.offload.cloud_status is not None and "tasks" in agent.offload.cloud_status.doc  # retained
+            assert agent.uplink.cloud_status is not None and "tasks" in agent.uplink.cloud_status.doc  # retained
             victim = coordinator.worker_pids[0]
             answers: list[InferReply] = []
             stream = threading.Thread(target=lambda: answers.extend(
@@ -323,7 +323,7 @@ def _running(*coordinators: Coordinator) -> list[threading.Thread]:
 
 def test_a_coordinator_that_cannot_reach_the_broker_leaves_nothing_running(zoo: Path) -> None:
     threads, children = set(threading.enumerate()), set(multiprocessing.active_children())
-    coordinator = Coordinator(WorkerSettings(store=zoo / "state" / "models", host="127.0.0.1", port=free_port(),
+    coordinator = Coordinator(WorkerSettings(store=zoo / "state" / "models", broker=BrokerSettings("127.0.0.1", free_port()),
                                              worker_id="lonely"), workers=2)
     with pytest.raises(BrokerConnectError):
         coordinator.run()

@@ -13,8 +13,9 @@ from agent.manifest import Manifest, ManifestError
 from agent.model_store import ModelStore
 from agent.signing import KeyFileError, SignatureError, load_public_key, verify
 from agent.updates.install import stage
-from cloud.keys import init_keys, load_private_key, sign
 from cloud.registry import ModelState, open_registry
+from cloud.releases.keys import init_keys, load_private_key
+from cloud.releases.signing import sign
 from cloud.store import publish
 from tests.release_support import NAME, TASK, cloud, linear_onnx
 

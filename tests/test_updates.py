@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,17 +18,21 @@ import yaml
 
 from agent.agent import Agent
 from agent.model_store import ModelStore
-from agent.offload import BrokerSettings, OffloadClient
+from agent.mqtt_client import BrokerSettings
 from agent.profile.schema import Profile
 from agent.protocol import InferReply, InferRequest, Topics
 from agent.signing import KeyFileError
-from agent.updates import HOLD_ENV, Release
+from agent.updates import Release
 from agent.updates.artifact import ArtifactWait
-from cloud.keys import init_keys, load_private_key, sign
-from cloud.mosquitto import Mosquitto
-from cloud.release_channel import Heartbeats, ReleaseChannel
-from cloud.rollout import signed_release
+from agent.updates.updater import Updater
+from agent.uplink import Uplink
+from cloud.local.mosquitto import Mosquitto
+from cloud.releases.channel import Heartbeats, ReleaseChannel
+from cloud.releases.keys import init_keys, load_private_key
+from cloud.releases.rollout import signed_release
+from cloud.releases.signing import sign
 from tests.agent_support import profile_doc
+from tests.held_updates import hold_swaps
 from tests.release_support import (
     NAME,
     TASK,
@@ -44,6 +47,7 @@ from tests.release_support import (
 from tests.responder import responding
 
 FEDGE_AGENT = str(Path(sys.executable).with_name("fedge-agent"))
+REPO = Path(__file__).resolve().parent.parent
 GROUP = "lab"
 
 
@@ -54,7 +58,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> CloudSide:
 
 @pytest.fixture
 def channel(broker: Mosquitto) -> Iterator[ReleaseChannel]:
-    with ReleaseChannel(broker.host, broker.port, Topics()) as c:
+    with ReleaseChannel(broker.settings, Topics()) as c:
         yield c
 
 
@@ -178,10 +182,10 @@ def test_agent_killed_during_a_swap_restarts_with_a_valid_model(tmp_path: Path, 
                       "gate": {"min_samples": 0}}
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump(doc))
-    env = {**os.environ, HOLD_ENV: "1"}  # the agent pauses before promoting, and writes nothing for it
     send(channel, cloud, release(cloud, 2))
-    held = subprocess.Popen([FEDGE_AGENT, "run", "--profile", str(profile)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    # the agent pauses before promoting, and writes nothing for it
+    held = subprocess.Popen([sys.executable, "-m", "tests.held_updates", "run", "--profile", str(profile)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     staged = tmp_path / "state" / "models" / ".staging" / TASK / NAME / "2" / "model.onnx"
     try:
         assert channel.wait_until(lambda _hb: staged.is_file() or held.poll() is not None, 60), "never staged"
@@ -192,8 +196,7 @@ def test_agent_killed_during_a_swap_restarts_with_a_valid_model(tmp_path: Path, 
     store = ModelStore(tmp_path / "state" / "models")
     assert store.versions(TASK, NAME) == [1]
     store.verified(TASK, NAME)  # what a restart loads is whole
-    env.pop(HOLD_ENV)
-    restarted = subprocess.Popen([FEDGE_AGENT, "run", "--profile", str(profile)], env=env,
+    restarted = subprocess.Popen([FEDGE_AGENT, "run", "--profile", str(profile)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         report = outcome(channel, "test-dev", lambda r: r["state"] == "active")
@@ -211,7 +214,7 @@ def _batchers_alive() -> int:
 
 def test_a_second_delivery_of_the_model_file_is_ignored_and_offloading_goes_on(
         broker: Mosquitto, cloud: CloudSide, channel: ReleaseChannel, caplog: pytest.LogCaptureFixture) -> None:
-    connection = OffloadClient("dev-x", Topics(), BrokerSettings(broker.host, broker.port))
+    connection = Uplink("dev-x", Topics(), BrokerSettings(broker.host, broker.port))
     connection.start()
     try:
         assert connection.wait_connected(10)
@@ -277,7 +280,8 @@ def test_a_model_that_fails_on_recent_traffic_is_refused_and_leaves_nothing_runn
 def test_a_stop_while_a_release_waits_to_be_promoted_swaps_nothing_and_leaks_nothing(
         tmp_path: Path, broker: Mosquitto, cloud: CloudSide, channel: ReleaseChannel,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(HOLD_ENV, "1")
+    monkeypatch.setattr(Updater, "_swap", Updater._swap)  # restored after the test, whatever happens
+    hold_swaps()
     staged = tmp_path / "state" / "models" / ".staging" / TASK / NAME / "2"
     with start_agent(tmp_path, broker, cloud, 1):
         send(channel, cloud, release(cloud, 2))

@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt_client import connect, new_client
 from agent.protocol.properties import WireProperties
-from cloud.mosquitto import Mosquitto
+from cloud.local.mosquitto import Mosquitto
 
 # MQTT strings: no NUL and no U+FEFF (the standard forbids them); surrogates cannot be encoded at all.
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\ufeff"), max_size=40)

@@ -15,15 +15,16 @@ HIGH_PRIORITY = 7  # at or above: offload even when the cloud says it is overloa
 
 
 class Reason(str, Enum):
-    """Why a request was answered where it was (counted in metrics)."""
+    """Why a request was answered where it was: offloads by reason, degraded answers by cause (metrics, heartbeat)."""
 
-    CONFIDENT = "confident"
-    UNCONFIDENT = "unconfident"
-    CAPACITY = "capacity"
-    NO_POLICY = "no_policy"
-    BROKER_DOWN = "broker_down"
-    CLOUD_BUSY = "cloud_busy"
-    INFLIGHT_FULL = "inflight_full"
+    UNCONFIDENT = "unconfident"  # offloaded: the local answer was not sure enough
+    CAPACITY = "capacity"  # offloaded: the local queue was past its limits
+    BROKER_DOWN = "broker_down"  # degraded: no broker connection, or it dropped while waiting
+    CLOUD_BUSY = "cloud_busy"  # degraded: the cloud's status says overloaded, or there is none
+    INFLIGHT_FULL = "inflight_full"  # degraded: max_inflight offloads already out
+    CLOUD_LATE = "cloud_late"  # degraded: no cloud answer within the deadline
+    CLOUD_ERROR = "cloud_error"  # degraded: the cloud answered with an error
+    BAD_REPLY = "bad_reply"  # degraded: the cloud's answer was unreadable or of the wrong shape
 
 
 class Pressure(NamedTuple):

@@ -6,18 +6,16 @@ Use: ``profile = load_profile("edge_profiles/raspberry-pi-4.yaml")``, then
 
 from __future__ import annotations
 
+from agent.config.problems import ConfigError, Location, Problem
 from agent.profile.loader import load_profile, parse_profile
-from agent.profile.problems import Location, Problem, ProfileError
-from agent.profile.resolve import resolve_password
 from agent.profile.schema import Profile, profile_json_schema
 
 __all__ = [
+    "ConfigError",
     "Location",
     "Problem",
     "Profile",
-    "ProfileError",
     "load_profile",
     "parse_profile",
     "profile_json_schema",
-    "resolve_password",
 ]

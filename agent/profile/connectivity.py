@@ -1,82 +1,21 @@
-"""Broker and local API sections: how the agent reaches the cloud and its callers.
-
-Secrets are referenced, never written in the profile: a profile is meant to be
-committed, copied between devices and printed in bug reports.
-"""
+"""Broker and local API sections: how the agent reaches the cloud and its callers."""
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
-from agent.profile.base import (
-    ENV_NAME_PATTERN,
-    ID_PATTERN,
-    TOPIC_PREFIX_PATTERN,
-    FilePath,
-    StrictModel,
-    rule_broken,
-)
-
-Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:%-]{1,253}$")]
-Port = Annotated[int, Field(ge=1, le=65535)]
+from agent.config.base import ID_PATTERN, TOPIC_PREFIX_PATTERN, StrictModel
+from agent.config.broker import Credentials, Host, Port, TlsConfig
 
 
-class TlsConfig(StrictModel):
-    """TLS to the broker; present means on. Paths are relative to the profile's directory."""
-
-    ca_file: FilePath | None = Field(
-        None,
-        description="CA certificate(s) that signed the broker's certificate; null trusts"
-        " the system store.",
-    )
-    cert_file: FilePath | None = Field(
-        None, description="Client certificate for mutual TLS; needs key_file."
-    )
-    key_file: FilePath | None = Field(
-        None, description="Private key of cert_file; keep it readable by the agent only."
-    )
-    insecure: bool = Field(
-        False,
-        description="Skip checking the broker's hostname against its certificate. For lab"
-        " set-ups only: it allows a man in the middle.",
-    )
-
-    @model_validator(mode="after")
-    def check_client_pair(self) -> TlsConfig:
-        """A client certificate is useless without its key and the reverse."""
-        if (self.cert_file is None) != (self.key_file is None):
-            missing = "key_file" if self.key_file is None else "cert_file"
-            raise rule_broken(
-                f"mutual TLS needs both cert_file and key_file: set {missing} or remove"
-                " the other one"
-            )
-        return self
-
-
-class BrokerConfig(StrictModel):
+class BrokerConfig(Credentials):
     """The MQTT v5 broker the agent offloads through and reports to."""
-
-    unknown_key_hints: ClassVar[dict[str, str]] = {
-        "password": "inline passwords are not allowed: put it in an environment variable"
-        " and set password_env, or in a file and set password_file",
-    }
 
     host: Host = Field("localhost", description="Broker hostname or IP address.")
     port: Port = Field(1883, description="Broker port; 8883 is the usual one with TLS.")
     tls: TlsConfig | None = Field(None, description="TLS settings; null connects in clear.")
-    username: str | None = Field(
-        None, min_length=1, max_length=256, description="MQTT username; null connects anonymously."
-    )
-    password_env: Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)] | None = Field(
-        None, description="Name of the environment variable holding the MQTT password."
-    )
-    password_file: FilePath | None = Field(
-        None,
-        description="File holding the MQTT password (trailing newline ignored), e.g. a"
-        " systemd credential or a Kubernetes secret mount.",
-    )
     keepalive_s: int = Field(
         30,
         ge=5,
@@ -90,18 +29,6 @@ class BrokerConfig(StrictModel):
     client_id: Annotated[str, StringConstraints(pattern=ID_PATTERN)] | None = Field(
         None, description="MQTT client id; null uses device.id."
     )
-
-    @model_validator(mode="after")
-    def check_password_reference(self) -> BrokerConfig:
-        """One password source, and only together with a username."""
-        if self.password_env is not None and self.password_file is not None:
-            raise rule_broken(
-                "password_env and password_file are both set: keep one", "password_file"
-            )
-        source = "password_env" if self.password_env is not None else "password_file"
-        if self.username is None and getattr(self, source) is not None:
-            raise rule_broken(f"{source} is set but username is not: add username", source)
-        return self
 
 
 class ApiConfig(StrictModel):

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from agent.profile.base import FilePath, StrictModel, rule_broken
+from agent.config.base import FilePath, StrictModel, rule_broken
 
 _MIB = 1024 * 1024
 

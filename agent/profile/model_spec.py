@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from agent.profile.base import (
+from agent.config.base import (
     STORE_NAME_PATTERN,
     FilePath,
     StrictModel,

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from agent.profile.base import StrictModel, rule_broken
+from agent.config.base import StrictModel, rule_broken
 
 Metric = Literal["max_prob", "margin", "entropy"]
 #: Metrics that are probabilities or differences of probabilities, so live in [0, 1].

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
-from agent.profile.base import StrictModel, TaskName, rule_broken
+from agent.config.base import FileConfig, TaskName, rule_broken
 from agent.profile.connectivity import ApiConfig, BrokerConfig
 from agent.profile.hardware import HardwareConfig
 from agent.profile.model_spec import ModelSpec
@@ -24,7 +23,7 @@ from agent.profile.updates import UpdatesConfig
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-class Profile(StrictModel):
+class Profile(FileConfig):
     """A fedge device profile: one YAML file per device kind (edge_profiles/*.yaml)."""
 
     device: DeviceConfig = Field(description="Device identity.")
@@ -56,8 +55,6 @@ class Profile(StrictModel):
         default_factory=UpdatesConfig, description="Signed model releases from the cloud."
     )
 
-    _source: Path | None = PrivateAttr(None)
-
     @model_validator(mode="after")
     def check_offload_tasks_have_models(self) -> Profile:
         """A policy decides between the local model and the cloud; it needs the local model."""
@@ -88,22 +85,6 @@ class Profile(StrictModel):
     def mqtt_client_id(self) -> str:
         """`broker.client_id`, defaulting to the device id."""
         return self.broker.client_id or self.device.id
-
-    @property
-    def source(self) -> Path | None:
-        """The file this profile was loaded from, if any."""
-        return self._source
-
-    def resolve_path(self, path: str) -> Path:
-        """A path from the profile, made absolute against the profile's directory.
-
-        Relative paths follow the profile file, not the working directory, so a
-        profile behaves the same from a shell, systemd or a container.
-        """
-        candidate = Path(path).expanduser()
-        if candidate.is_absolute() or self._source is None:
-            return candidate
-        return self._source.parent / candidate
 
 
 def profile_json_schema() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from agent.profile.base import HOST_PORT_PATTERN, FilePath, Identifier, StrictModel, rule_broken
+from agent.config.base import HOST_PORT_PATTERN, FilePath, Identifier, StrictModel, rule_broken
 
 _MIB = 1024 * 1024
 

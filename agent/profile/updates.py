@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from agent.profile.base import FilePath, Identifier, StrictModel, rule_broken
+from agent.config.base import FilePath, Identifier, StrictModel, rule_broken
 
 
 class ShadowGate(StrictModel):

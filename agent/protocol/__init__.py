@@ -27,7 +27,7 @@ from agent.protocol.messages import (
     Source,
     new_request_id,
 )
-from agent.protocol.topics import DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, Topics
+from agent.protocol.topics import DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, OFFLINE, ONLINE, Topics
 
 __all__ = [
     "CONTENT_TYPE_JSON",
@@ -35,6 +35,8 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_PREFIX",
     "DEFAULT_SHARE_GROUP",
+    "OFFLINE",
+    "ONLINE",
     "PRIORITY_DEFAULT",
     "PRIORITY_MAX",
     "PRIORITY_MIN",

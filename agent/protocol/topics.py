@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "fedge/v1"
 DEFAULT_SHARE_GROUP = "workers"
+#: The retained payloads of a device status topic; ``OFFLINE`` is also the agent's Last Will.
+ONLINE, OFFLINE = b"online", b"offline"
 
 
 def check_segment(value: str, what: str) -> str:

@@ -17,9 +17,9 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.config.validation_errors import describe
 from agent.manifest import Manifest, ManifestError, unsigned_bytes
 from agent.signing import verify
-from agent.validation_errors import describe
 
 Action = Literal["install", "rollback"]
 

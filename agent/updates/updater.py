@@ -12,7 +12,6 @@ tried again after ``updates.retry_after_s`` and on the next start.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,6 @@ import paho.mqtt.client as mqtt
 
 from agent.manifest import Manifest, ManifestError
 from agent.model_store import ModelStore
-from agent.offload import OffloadClient
 from agent.profile.schema import Profile
 from agent.protocol import Topics
 from agent.runtime import LocalModel
@@ -48,13 +46,13 @@ from agent.updates.release import (
     parse_release,
 )
 from agent.updates.shadow import NotJudged, Verdict, evaluate, recent_traffic
+from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 #: Test hook: when this environment variable is non-empty, the updater pauses after a release is
 #: staged and judged, before it is promoted, until the agent stops; so a test can kill -9 the agent
 #: mid-swap. It only waits: it writes nothing and the pause ends with a stop. Logged when active.
-HOLD_ENV = "FEDGE_TEST_HOLD_BEFORE_PROMOTE"
 OUTCOMES_FILE = "updates.json"
 
 
@@ -91,8 +89,7 @@ class Updater:
         self.config = config
         self.key = load_public_key(host.profile.resolve_path(config.public_key_file))
         self.outcomes = Outcomes(state_dir / OUTCOMES_FILE)
-        self.connection: OffloadClient | None = None
-        self._hold = bool(os.environ.get(HOLD_ENV))
+        self.connection: Uplink | None = None
         self._pending: dict[str, tuple[str, bytes]] = {}
         self._retries: dict[str, tuple[float, str, bytes]] = {}
         self._cond = threading.Condition()
@@ -102,10 +99,8 @@ class Updater:
         self._topics: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="fedge-updates", daemon=True)
 
-    def start(self, connection: OffloadClient) -> Updater:
+    def start(self, connection: Uplink) -> Updater:
         self.connection = connection
-        if self._hold:
-            log.warning("test hook %s is set: releases pause before they are promoted", HOLD_ENV)
         clean_staging(self.host.store)
         for task, spec in self.host.profile.models.items():
             if spec.name is None or spec.version is not None:
@@ -237,7 +232,6 @@ class Updater:
             verdict = self._judge(task, m, current, new)
             if not verdict.passed:
                 raise Refused(f"v{m.version} {verdict.reason}; v{running} keeps serving")
-            self._hold_if_asked(task, m)
             self._swap(task, new, lambda: promote(self.host.store, m))
         except BaseException:
             new.batcher.close(drain=False)
@@ -326,13 +320,3 @@ class Updater:
                 raise Deferred("the agent is stopping")
             into_store()
             self.host.replace_model(task, model)
-
-    def _hold_if_asked(self, task: str, m: Manifest) -> None:
-        """The test hook (HOLD_ENV): wait, writing nothing, until the agent stops."""
-        if not self._hold:
-            return
-        log.warning("test hook %s: holding %s v%s before promoting it, until the agent stops", HOLD_ENV, task,
-                    m.version)
-        with self._cond:
-            while not self._stopping:
-                self._cond.wait()

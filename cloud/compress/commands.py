@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.config.problems import ConfigError
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
-from cloud.compress.recipe import RecipeError, load_recipe
+from cloud.compress.recipe import load_recipe
 from cloud.compress.report import write_report
 from cloud.compress.search import NoModelToCompress, SearchResult, search
+from cloud.options import add_store_option, store_of
 from cloud.store import publish
-from cloud.zoo.commands import add_store_option, store_of
 from cloud.zoo.pipeline import model_name
 from cloud.zoo.tasks import TASKS, UnknownTask
 
@@ -70,7 +71,7 @@ def run_compress(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe)
         print(f"compress {args.task}: base {recipe.base}, budget {args.max_accuracy_drop} points")
         result = search(store_of(args), args.task, recipe, out / "variants", max_drop_points=args.max_accuracy_drop)
-    except (RecipeError, UnknownTask, NoModelToCompress, ManifestError) as exc:
+    except (ConfigError, UnknownTask, NoModelToCompress, ManifestError) as exc:
         print(f"fedge-cloud compress: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     write_report(result, out)

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from cloud.yaml_file import load_yaml_model
+from agent.config.loader import load_model
+from agent.config.yaml_source import DocumentKind
 from cloud.zoo.tasks import VALIDATION_FRACTION
 
 
@@ -72,10 +73,9 @@ class Recipe(_Strict):
         )
 
 
-class RecipeError(ValueError):
-    """A recipe file that cannot be used; the message names the file and key."""
+RECIPE = DocumentKind("compression recipe", "pruning, quantization, distillation, ...", None)  # empty: defaults
 
 
 def load_recipe(path: Path | None) -> Recipe:
-    """Read a recipe file (None: the defaults)."""
-    return Recipe() if path is None else load_yaml_model(path, Recipe, RecipeError)
+    """Read a recipe file (None: the defaults); ConfigError naming each problem at file:line:col."""
+    return Recipe() if path is None else load_model(path, Recipe, RECIPE)

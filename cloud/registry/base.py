@@ -114,7 +114,7 @@ class Registry(ABC):
     @abstractmethod
     def record_feedback(self, device_id: str, session: str, counts: dict[tuple[str, str, int], tuple[int, int]]
                         ) -> dict[tuple[str, str, int], tuple[int, int]]:
-        """Keep a device's cumulative labelled-answer counts of one agent session (cloud/feedback.py).
+        """Keep a device's cumulative labelled-answer counts of one agent session (cloud/fleet/feedback.py).
 
         ``counts``: (task, name, version) -> (n, correct). A count that is not larger than the one kept
         (a repeated or late heartbeat) changes nothing. Returns, for each version whose count changed,

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
+from cloud.options import add_registry_option, add_store_option, store_of
 from cloud.registry import ModelState, Registry, RegistryUnavailable, open_registry
-from cloud.registry.open import add_registry_option
-from cloud.zoo.commands import add_store_option, store_of
 
 
 def add_state_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.validation_errors import describe
+from agent.config.validation_errors import describe
 
 
 class _Percentiles(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -57,9 +56,3 @@ def existing_registry(url: str | Path | None = None) -> Registry | None:
     if path is not None and path.is_dir():
         raise ValueError(f"registry {path} is a directory: name the database file, e.g. {path / 'registry.db'}")
     return None if path is not None and not path.is_file() else open_registry(url)
-
-
-def add_registry_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=None, metavar="URL",
-                        help="registry: a SQLite file path, sqlite:///path or postgresql://user@host/db"
-                        " (default: $FEDGE_REGISTRY or ./var/registry.db)")

@@ -9,21 +9,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.config.problems import ConfigError
+from agent.config.yaml_source import DataPath
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore
-from agent.mqtt_client import BrokerAddress, BrokerConnectError, TlsFiles
-from agent.profile.problems import ProfileError
-from agent.profile.yaml_source import DataPath
-from cloud.broker_options import instance_name
+from agent.mqtt_client import BrokerConnectError, BrokerSettings, TlsFiles
+from cloud.client_ids import instance_name
+from cloud.options import add_store_option
 from cloud.registry.base import RegistryUnavailable
 from cloud.registry.open import default_registry, existing_registry
-from cloud.serving.config import CloudConfig, load_cloud_config, resolve_password
+from cloud.serving.config import CloudConfig, load_cloud_config
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.served import require_served
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
-from cloud.zoo.commands import add_store_option
 
 #: flag -> where its value goes in the config (flags override the file).
 FLAG_PATHS: dict[str, DataPath] = {
@@ -89,25 +89,22 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[DataPath, Any]]:
 
 
 def build_settings(config: CloudConfig, args: argparse.Namespace) -> tuple[WorkerSettings, str | None, str | None]:
-    """Worker settings, and the coordinator's username and password; raises ValueError or ProfileError."""
+    """Worker settings, and the coordinator's username and password; raises ValueError or ConfigError."""
     b, w = config.broker, config.workers
-    host, port = b.host, b.port
     tls = None if b.tls is None else TlsFiles.from_config(b.tls, config.resolve_path)
+    broker = BrokerSettings(b.host, b.port, tls, b.username, b.password("broker", config.resolve_path), b.keepalive_s)
     if args.broker is not None:
-        address = BrokerAddress.parse(args.broker)
-        host, port = address.host, address.port
-        tls = address.tls_files(tls)
+        broker = BrokerSettings.from_url(args.broker, broker)
     settings = WorkerSettings(
-        store=store_root(config, args), host=host, port=port, worker_id=instance_name(), topic_prefix=b.topic_prefix,
+        store=store_root(config, args), broker=broker, worker_id=instance_name(), topic_prefix=b.topic_prefix,
         share_group=w.share_group, max_batch=w.max_batch, max_delay_ms=w.max_delay_ms, max_queue=w.max_queue,
-        threads=w.threads, status_interval_s=w.status_interval_s, tls=tls, username=b.username,
-        password=resolve_password(b, "broker", config), keepalive_s=b.keepalive_s,
+        threads=w.threads, status_interval_s=w.status_interval_s,
         registry_url=config.registry or default_registry(),
         models={task: list(names) for task, names in config.models.items()} if config.models else None)
     coordinator = b.coordinator
     if coordinator is None:
         return settings, None, None
-    return settings, coordinator.username, resolve_password(coordinator, "broker.coordinator", config)
+    return settings, coordinator.username, coordinator.password("broker.coordinator", config.resolve_path)
 
 
 def store_root(config: CloudConfig, args: argparse.Namespace) -> Path:
@@ -145,8 +142,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         config = load_cloud_config(args.config, overrides(args))
         if args.broker is not None:
-            BrokerAddress.parse(args.broker)
-    except ProfileError as exc:
+            BrokerSettings.from_url(args.broker)
+    except ConfigError as exc:
         return _fail("invalid settings:\n" + "\n".join(f"  {p}" for p in exc.problems))
     except ValueError as exc:
         return _fail(exc)
@@ -162,7 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
         template, username, password = build_settings(config, args)
         coordinator = Coordinator(template, config.workers.count, config.workers.status_interval_s,
                                   username=username, password=password)
-    except ProfileError as exc:
+    except ConfigError as exc:
         return _fail("\n".join(str(p) for p in exc.problems))
     except (ValueError, LookupError, ManifestError) as exc:
         return _fail(exc)
@@ -171,7 +168,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return ExitCode.UNAVAILABLE
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: coordinator.stop())
-    print(f"fedge-cloud serve: starting {config.workers.count} workers on {template.host}:{template.port}",
+    print(f"fedge-cloud serve: starting {config.workers.count} workers on {template.broker.address}",
           flush=True)
     try:
         coordinator.run()

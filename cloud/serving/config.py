@@ -9,64 +9,27 @@ flag's name, by the same explanation code that reports the file's lines.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
-from pydantic import (
-    Field,
-    PrivateAttr,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, StringConstraints
 
-from agent.profile.base import (
-    ENV_NAME_PATTERN,
+from agent.config.base import (
     STORE_NAME_PATTERN,
     TOPIC_PREFIX_PATTERN,
+    FileConfig,
     FilePath,
     Identifier,
     StrictModel,
     TaskName,
-    rule_broken,
 )
-from agent.profile.connectivity import Host, Port, TlsConfig
-from agent.profile.explain import explain
-from agent.profile.loader import read_text
-from agent.profile.problems import Location, ProfileError
-from agent.profile.resolve import password_from
-from agent.profile.yaml_source import DataPath, Document, DocumentKind, SourceMap, parse_document
+from agent.config.broker import Credentials, Host, Port, TlsConfig
+from agent.config.loader import read_text, validate_document
+from agent.config.problems import Location
+from agent.config.yaml_source import DataPath, Document, DocumentKind, SourceMap, parse_document
 
 StoreName = Annotated[str, StringConstraints(pattern=STORE_NAME_PATTERN)]
-
-
-class Credentials(StrictModel):
-    """A broker user; the password comes from an environment variable or a file."""
-
-    unknown_key_hints: ClassVar[dict[str, str]] = {
-        "password": "inline passwords are not allowed: put it in an environment variable and set password_env,"
-        " or in a file (fedge-cloud acl writes broker-access/secrets/<user>) and set password_file",
-    }
-
-    username: str | None = Field(None, min_length=1, max_length=256, title="Username",
-                                 description="MQTT username; null connects anonymously.")
-    password_env: Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)] | None = Field(
-        None, title="Password variable", description="Name of the environment variable holding the MQTT password.")
-    password_file: FilePath | None = Field(
-        None, title="Password file", description="File holding the MQTT password (trailing newline ignored);"
-        " relative paths start at the config file's directory.")
-
-    @model_validator(mode="after")
-    def check_password_reference(self) -> Credentials:
-        """One password source, and only together with a username."""
-        if self.password_env is not None and self.password_file is not None:
-            raise rule_broken("password_env and password_file are both set: keep one", "password_file")
-        source = "password_env" if self.password_env is not None else "password_file"
-        if self.username is None and getattr(self, source) is not None:
-            raise rule_broken(f"{source} is set but username is not: add username", source)
-        return self
 
 
 class CloudBrokerConfig(Credentials):
@@ -108,7 +71,7 @@ class WorkersConfig(StrictModel):
 CLOUD_CONFIG = DocumentKind("cloud config", "broker, workers, store, registry, models", None)  # empty: all defaults
 
 
-class CloudConfig(StrictModel):
+class CloudConfig(FileConfig):
     """What `fedge-cloud serve` runs: broker, workers, where the models are and which to serve."""
 
     broker: CloudBrokerConfig = Field(default_factory=CloudBrokerConfig, title="Broker",
@@ -125,15 +88,6 @@ class CloudConfig(StrictModel):
         None, title="Models", description="Task -> the model names to serve (e.g. mnist1d: [mnist1d-cloud]); null"
         " serves every <task>-cloud* model of every task.")
 
-    _source: Path | None = PrivateAttr(None)
-
-    def resolve_path(self, path: str) -> Path:
-        """A path from the file, absolute against the file's directory, so it works from any directory."""
-        candidate = Path(path).expanduser()
-        if candidate.is_absolute() or self._source is None:
-            return candidate
-        return self._source.parent / candidate
-
 
 def flag_location(flag: str) -> Location:
     return Location(f"command-line flag {flag}")
@@ -142,7 +96,7 @@ def flag_location(flag: str) -> Location:
 def load_cloud_config(path: str | None, overrides: Mapping[str, tuple[DataPath, Any]] | None = None) -> CloudConfig:
     """The config at ``path`` (None: all defaults), with ``overrides`` (flag -> (data path, value)) applied.
 
-    Raises ProfileError listing every problem, at file:line:col or naming the flag.
+    Raises ConfigError listing every problem, at file:line:col or naming the flag.
     """
     document = parse_document(read_text(path, "a config file"), path, CLOUD_CONFIG) if path is not None \
         else Document({}, SourceMap())
@@ -154,15 +108,6 @@ def load_cloud_config(path: str | None, overrides: Mapping[str, tuple[DataPath, 
             node = node[key]
         node[data_path[-1]] = value
         document.where.replace(data_path, flag_location(flag))
-    try:
-        config = CloudConfig.model_validate(document.data)
-    except ValidationError as exc:
-        raise ProfileError(explain(exc, document, CloudConfig)) from None
+    config = validate_document(document, CloudConfig)
     config._source = Path(path).resolve() if path is not None else None
     return config
-
-
-def resolve_password(credentials: Credentials, at: str, config: CloudConfig,
-                     env: Mapping[str, str] = os.environ) -> str | None:
-    """The password a credentials block references, resolved when serving starts (never during validation)."""
-    return password_from(credentials.password_env, credentials.password_file, at, config.resolve_path, env)

@@ -14,7 +14,7 @@ Will and on a clean stop), so one host going away never marks the cloud down.
 
 A worker that dies is restarted, and its in-flight requests fall back to the
 agents' local answers. The coordinator also keeps the registry: devices'
-heartbeats and status (cloud.devices) and, every ``metrics_every`` status
+heartbeats and status (cloud.fleet.devices) and, every ``metrics_every`` status
 intervals, the served models' live run-time EWMAs per batch size.
 """
 
@@ -35,10 +35,9 @@ from paho.mqtt.packettypes import PacketTypes
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore
 from agent.mqtt_client import connect, new_client
-from agent.offload import OFFLINE, ONLINE
-from agent.protocol import Topics
+from agent.protocol import OFFLINE, ONLINE, Topics
 from agent.protocol.properties import WireProperties
-from cloud.devices import DeviceListener
+from cloud.fleet.devices import DeviceListener
 from cloud.registry import Registry, open_registry
 from cloud.serving.reports import ModelKey, WorkerReports, cloud_status, live_metrics
 from cloud.serving.served import require_served
@@ -80,16 +79,14 @@ class Coordinator:
         except BaseException:
             self._close_registry()
             raise
-        username, password = (username, password) if username else (template.username, template.password)
-        self._client = new_client(f"fedge-coordinator-{template.worker_id}", tls=template.tls, username=username,
-                                  password=password)
+        own = replace(template.broker, username=username, password=password) if username else template.broker
+        self._client = new_client(f"fedge-coordinator-{template.worker_id}", own)
         self._client.will_set(self.presence_topic, OFFLINE, qos=1, retain=True,
                               properties=_offline_expiry(PacketTypes.WILLMESSAGE))
         self._client.on_message = self._on_report
         self._client.on_connect = self._on_connect
         self._devices = None if self._registry is None else DeviceListener(
-            self._registry, template.host, template.port, template.topic_prefix,
-            client_id=f"fedge-devices-{template.worker_id}", tls=template.tls, username=username, password=password)
+            self._registry, own, template.topic_prefix, client_id=f"fedge-devices-{template.worker_id}")
 
     def _spawn(self, index: int) -> Any:
         settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
@@ -128,7 +125,8 @@ class Coordinator:
         Whatever happens (the broker refusing us, a signal, a bug), everything started is stopped again.
         """
         try:
-            connect(self._client, self.template.host, self.template.port, keepalive=self.template.keepalive_s)
+            broker = self.template.broker
+            connect(self._client, broker.host, broker.port, keepalive=broker.keepalive_s)
             if self._devices is not None:
                 self._devices.start()
             self._workers = [self._spawn(i) for i in range(self._count)]

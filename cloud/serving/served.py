@@ -24,12 +24,12 @@ from agent.confidence import softmax
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
-from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
+from cloud.fleet.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
 from cloud.serving.latency import LatencyEwma
 
 log = logging.getLogger(__name__)
 # A task's models rank by their accuracy on the fleet's labelled feedback (the registry's "feedback_accuracy",
-# written by cloud/feedback.py) once every one of them has at least FEEDBACK_MIN_N labelled answers, since that
+# written by cloud/fleet/feedback.py) once every one of them has at least FEEDBACK_MIN_N labelled answers, since that
 # is the traffic they serve; until then all of them by the zoo's "test_accuracy" from their manifests: the
 # offloaded inputs are the hard ones, so one model's feedback accuracy is no match for another's test accuracy.
 # Read when a worker loads its models.

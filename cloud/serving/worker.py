@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 
 from agent.confidence import fuse
 from agent.model_store import ModelStore
-from agent.mqtt_client import TlsFiles, connect, new_client
+from agent.mqtt_client import BrokerSettings, connect, new_client
 from agent.protocol import (
     BodyKind,
     ErrorCode,
@@ -62,8 +62,7 @@ class WorkerSettings:
     """What a worker process needs; plain values so it crosses a process boundary."""
 
     store: Path
-    host: str
-    port: int
+    broker: BrokerSettings
     worker_id: str
     topic_prefix: str = "fedge/v1"
     share_group: str = "workers"
@@ -72,10 +71,6 @@ class WorkerSettings:
     max_queue: int = 256
     threads: int = 1
     status_interval_s: float = 1.0
-    tls: TlsFiles | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    keepalive_s: int = 30
     registry_url: str | None = None  # devices and model states; tasks with active versions there serve those
     models: dict[str, list[str]] | None = None  # task -> the only names to serve
 
@@ -110,14 +105,14 @@ class Worker:
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._last_request = 0.0  # time.monotonic() of the last request received
-        self._client = new_client(f"fedge-worker-{settings.worker_id}", tls=settings.tls, username=settings.username,
-                                  password=settings.password)
+        self._client = new_client(f"fedge-worker-{settings.worker_id}", settings.broker)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
 
     def run(self) -> None:
         """Serve until ``stop``; reconnects by itself if the broker goes away."""
-        connect(self._client, self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        broker = self.settings.broker
+        connect(self._client, broker.host, broker.port, keepalive=broker.keepalive_s)
         runner = threading.Thread(target=self._run_batches, name="fedge-worker-batches", daemon=True)
         runner.start()
         while not self._stop.wait(self.settings.status_interval_s):

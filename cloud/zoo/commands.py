@@ -10,27 +10,16 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypedDict
 
 from agent.command_line import os_error_reason, print_help_of
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
-from agent.model_store import ModelStore, StoredModel
-from cloud.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
+from agent.model_store import StoredModel
+from cloud.fleet.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
+from cloud.options import add_registry_option, add_store_option, store_of
 from cloud.registry import ModelRecord, RegistryUnavailable, existing_registry
-from cloud.registry.open import add_registry_option
-from cloud.store import default_store_root
 from cloud.zoo.tasks import TASKS, DataOptions, DataTooSmall, UnknownTask, get_task
-
-
-def add_store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, default=None,
-                        help="model store directory (default: $FEDGE_STORE or ./store)")
-
-
-def store_of(args: argparse.Namespace) -> ModelStore:
-    return ModelStore(args.store or default_store_root())
 
 
 def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -30,9 +30,9 @@ from agent.model_store import ModelStore, StoredModel
 from agent.signing import SignatureError, verify
 from agent.updates import Release
 from agent.updates.release import Action
-from cloud.keys import sign
 from cloud.registry import ModelState, Registry
-from cloud.release_channel import Heartbeats, ReleaseChannel
+from cloud.releases.channel import Heartbeats, ReleaseChannel
+from cloud.releases.signing import sign
 from cloud.sigint import sigint_ignored
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The strict base every profile section inherits, and the shared field types.
+"""The strict base every config section inherits (profiles, serve config), and the shared field types.
 
 One base (Frigate's `extra="forbid"` idea) so a typo anywhere is an error, not a
 silently ignored key; `strict=True` so `threads: "4"` is a type error instead of
@@ -7,9 +7,10 @@ a guess.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, PrivateAttr, StringConstraints
 from pydantic_core import PydanticCustomError
 
 #: Device ids, kinds, task names and client ids end up in MQTT topic levels,
@@ -38,7 +39,7 @@ FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
 class StrictModel(BaseModel):
-    """Base of every profile section: unknown keys and loose types are errors."""
+    """Base of every config section: unknown keys and loose types are errors."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -46,6 +47,27 @@ class StrictModel(BaseModel):
     unknown_key_hints: ClassVar[dict[str, str]] = {}
     #: What the members of a discriminated union are called in errors.
     kind_noun: ClassVar[str] = "kind"
+
+
+class FileConfig(StrictModel):
+    """The root of a config file: relative paths in it follow the file, not the working directory.
+
+    So a file behaves the same from a shell, systemd or a container. The loader sets the source.
+    """
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config was loaded from, if any."""
+        return self._source
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the file, made absolute against the file's directory."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute() or self._source is None:
+            return candidate
+        return self._source.parent / candidate
 
 
 def rule_broken(message: str, *at: str | int) -> PydanticCustomError:

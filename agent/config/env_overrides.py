@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from agent.profile.problems import Location, Problem, ProfileError
-from agent.profile.yaml_source import DataPath, Document, dotted_path
+from agent.config.problems import ConfigError, Location, Problem
+from agent.config.yaml_source import DataPath, Document, dotted_path
 
 ENV_PREFIX = "FEDGE__"
 SEPARATOR = "__"
@@ -41,7 +41,7 @@ def apply_env_overrides(document: Document, env: Mapping[str, str]) -> None:
         except _OverrideError as exc:
             problems.append(Problem(env_location(name), exc.path, exc.message))
     if problems:
-        raise ProfileError(problems)
+        raise ConfigError(problems)
 
 
 class _OverrideError(Exception):

@@ -14,10 +14,10 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from agent.profile.base import PATTERN_HINTS
-from agent.profile.introspect import TaggedUnion, field_type, is_model, unwrap
-from agent.profile.problems import Location, Problem
-from agent.profile.yaml_source import DataPath, Document, dotted_path
+from agent.config.base import PATTERN_HINTS
+from agent.config.introspect import TaggedUnion, field_type, is_model, unwrap
+from agent.config.problems import Location, Problem
+from agent.config.yaml_source import DataPath, Document, dotted_path
 
 _EXPECTED = {
     "int_type": "an integer",

@@ -14,7 +14,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from agent.profile.problems import Location, Problem, ProfileError, error_at
+from agent.config.problems import ConfigError, Location, Problem, error_at
 
 DataPath = tuple[str | int, ...]
 MAX_NODES = 100_000
@@ -55,9 +55,6 @@ class DocumentKind:
     noun: str  # "device profile"
     sections: str  # examples of its top-level keys, for "a ... is a mapping of sections (...)"
     empty_problem: str | None  # why an empty file is refused; None: an empty file means every default
-
-
-PROFILE = DocumentKind("device profile", "device, models, ...", "a profile needs at least device and models")
 
 
 @dataclass
@@ -148,7 +145,7 @@ def dotted_path(path: DataPath) -> str:
     return text
 
 
-def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ProfileError:
+def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ConfigError:
     """Point at the problem; name where the unfinished construct began, if elsewhere."""
     mark = exc.problem_mark or exc.context_mark
     reason = str(exc.problem or exc.context or "unreadable YAML")
@@ -163,8 +160,8 @@ def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ProfileError:
     return error_at(source, f"YAML syntax error: {reason}", line, column)
 
 
-def parse_document(text: str, source: str, kind: DocumentKind = PROFILE) -> Document:
-    """Parse one YAML document of ``kind``; every failure is a ProfileError at file:line:col."""
+def parse_document(text: str, source: str, kind: DocumentKind) -> Document:
+    """Parse one YAML document of ``kind``; every failure is a ConfigError at file:line:col."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -192,6 +189,6 @@ def parse_document(text: str, source: str, kind: DocumentKind = PROFILE) -> Docu
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise error_at(source, f"YAML error: {exc.problem}", line, column) from None
     if builder.problems:
-        raise ProfileError(builder.problems)
+        raise ConfigError(builder.problems)
     return Document(data, builder.where)
 

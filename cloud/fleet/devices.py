@@ -4,33 +4,25 @@ Agents publish ``{prefix}/device/{id}/heartbeat`` (JSON) and a retained
 ``{prefix}/device/{id}/status`` (``online``, and ``offline`` as their Last
 Will), so the broker tells us when a device dies without a goodbye. A
 heartbeat's labelled-feedback counts become the model versions' feedback
-accuracy (cloud/feedback.py). A bad message, or a bad feedback section of a
-good heartbeat, is logged and dropped; the listener keeps going. Run it inside the
-coordinator or alone (``python -m cloud.devices --broker ... --registry ...``).
+accuracy (cloud/fleet/feedback.py). A bad message, or a bad feedback section of a
+good heartbeat, is logged and dropped; the listener keeps going. It runs inside the
+coordinator, or alone with ``fedge-cloud listen``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from agent.exit_codes import ExitCode
-from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
-from agent.offload import OFFLINE, ONLINE
-from agent.protocol import DEFAULT_PREFIX, Topics
-from cloud.broker_options import add_broker_options, broker_connection, client_id
-from cloud.feedback import record_feedback
-from cloud.registry import Registry, RegistryUnavailable
-from cloud.registry.open import add_registry_option, open_registry
+from agent.mqtt_client import BrokerConnectError, BrokerSettings, Subscriptions, connect, new_client
+from agent.protocol import DEFAULT_PREFIX, OFFLINE, ONLINE, Topics
+from cloud.fleet.feedback import record_feedback
+from cloud.registry import Registry
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
@@ -41,16 +33,15 @@ log = logging.getLogger(__name__)
 class DeviceListener:
     """Subscribes to every device's heartbeat and status and writes them to ``registry``."""
 
-    def __init__(self, registry: Registry, host: str, port: int, topic_prefix: str = DEFAULT_PREFIX, *,
-                 client_id: str = "fedge-devices", tls: TlsFiles | None = None, username: str | None = None,
-                 password: str | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: Registry, broker: BrokerSettings, topic_prefix: str = DEFAULT_PREFIX, *,
+                 client_id: str = "fedge-devices", clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
-        self.host, self.port = host, port
+        self.broker = broker
         self.topics = Topics(topic_prefix)
         self.clock = clock
         self.heartbeat_filter = self.topics.device_heartbeat_filter
         self.status_filter = self.topics.device_status_filter
-        self._client = new_client(client_id, tls=tls, username=username, password=password)
+        self._client = new_client(client_id, broker)
         self._subscriptions = Subscriptions(self._client, [(self.heartbeat_filter, 0), (self.status_filter, 1)])
         self._client.message_callback_add(self.heartbeat_filter, self._on_heartbeat)
         self._client.message_callback_add(self.status_filter, self._on_status)
@@ -60,9 +51,9 @@ class DeviceListener:
 
         Heartbeats are not retained: one sent before that would be missed. BrokerConnectError otherwise.
         """
-        connect(self._client, self.host, self.port)
+        connect(self._client, self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         try:
-            self._subscriptions.confirm(self.host, self.port, timeout,
+            self._subscriptions.confirm(self.broker.host, self.broker.port, timeout,
                                         "its user needs read access to the devices' status and heartbeats")
         except BrokerConnectError:
             self.stop()
@@ -108,36 +99,3 @@ class DeviceListener:
             self.registry.record_presence(device_id, msg.payload == ONLINE, self.clock())
         except Exception:
             log.exception("could not record the status of %s", device_id)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the listener alone until SIGTERM or SIGINT (the coordinator runs it in-process)."""
-    parser = argparse.ArgumentParser(prog="python -m cloud.devices", description=main.__doc__)
-    add_broker_options(parser)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
-    add_registry_option(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        broker = broker_connection(args)
-        registry = open_registry(args.registry)
-    except (ValueError, RegistryUnavailable) as exc:
-        print(f"cloud.devices: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT if isinstance(exc, ValueError) else ExitCode.UNAVAILABLE
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        with registry, DeviceListener(registry, broker.host, broker.port, args.prefix,
-                                      client_id=client_id("fedge-devices"), tls=broker.tls,
-                                      username=broker.username, password=broker.password):
-            print(f"cloud.devices: listening on {args.broker} for {args.prefix}/device/+/...", flush=True)
-            stop.wait()
-    except BrokerConnectError as exc:
-        print(f"cloud.devices: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
-    return ExitCode.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,14 @@
 """A private Mosquitto broker: generated config, free port, stopped by PID.
 
 Tests, benchmarks and ``make demo`` start their own broker with this, never
-one already running on the machine. The password-file writer is here too,
-because ``fedge-cloud acl`` writes the same Mosquitto 2.x format for a fleet.
+one already running on the machine. Its password file is written by the same
+code as ``fedge-cloud acl``'s (cloud/fleet/passwords.py).
 """
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -24,12 +21,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from agent.mqtt_client import BrokerSettings
+from cloud.fleet.passwords import write_password_file
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
 
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto mosquitto-clients"
-_PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.x writes
 
 
 class MosquittoError(RuntimeError):
@@ -61,22 +60,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def password_hash(password: str, salt: bytes | None = None) -> str:
-    """A Mosquitto 2.x password-file hash: ``$7$`` PBKDF2-SHA512."""
-    salt = salt if salt is not None else secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
-    return f"$7${_PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def write_password_file(path: Path, users: Mapping[str, str]) -> None:
-    """Write ``user:hash`` lines readable only by the owner."""
-    for name in users:
-        if not name or ":" in name or "\n" in name:
-            raise ValueError(f"user name {name!r} must be non-empty and hold no ':' or newline")
-    path.write_text("".join(f"{name}:{password_hash(pw)}\n" for name, pw in users.items()))
-    path.chmod(0o600)
 
 
 def _port_open(port: int) -> bool:
@@ -112,6 +95,11 @@ class Mosquitto:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def settings(self) -> BrokerSettings:
+        """How a client reaches this broker (no TLS files or credentials: add them with dataclasses.replace)."""
+        return BrokerSettings(self.host, self.port)
 
     @property
     def url(self) -> str:

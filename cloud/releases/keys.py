@@ -1,4 +1,4 @@
-"""The release signing key: made once with ``fedge-cloud keys init``, used to sign manifests and rollouts.
+"""The release signing key: made once with ``fedge-cloud keys init``, used to sign manifests and releases.
 
 The private key never leaves the coordinator (file mode 0600); agents get the
 public key through their profile (``updates.public_key_file``).
@@ -6,12 +6,8 @@ public key through their profile (``updates.public_key_file``).
 
 from __future__ import annotations
 
-import argparse
-import base64
 import os
-import sys
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -21,16 +17,12 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_private_key,
 )
-from pydantic import BaseModel
 
-from agent.command_line import os_error_reason, print_help_of
 from agent.durable import sync_directory, write_temp
-from agent.exit_codes import ExitCode
-from agent.signing import KeyFileError, Signed
+from agent.signing import KeyFileError
 
 PRIVATE_FILE, PUBLIC_FILE = "release.key", "release.pub"
 DEFAULT_KEY_DIR = Path("keys")
-D = TypeVar("D", bound=BaseModel)
 
 
 def default_key_dir() -> Path:
@@ -83,40 +75,3 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: a {type(key).__name__}, but releases are signed with Ed25519")
     return key
-
-
-def sign(document: D, key: Ed25519PrivateKey) -> D:
-    """A copy of ``document`` carrying ``key``'s signature over its signed bytes."""
-    signed: Signed = document  # type: ignore[assignment]
-    signature = base64.b64encode(key.sign(signed.signed_bytes())).decode()
-    return document.model_copy(update={"signature": signature})
-
-
-def add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `keys` (with `init`)."""
-    parser = commands.add_parser("keys", help="the Ed25519 key that signs model releases",
-                                 description="Manage the release signing key.")
-    actions = parser.add_subparsers(title="actions", metavar="ACTION")
-    init = actions.add_parser(
-        "init", help="create the release signing key pair",
-        description=f"Write {PRIVATE_FILE} (Ed25519, mode 0600, keep it on the coordinator only) and"
-        f" {PUBLIC_FILE} (copy it to every device; profiles name it in updates.public_key_file)."
-        " An existing pair is never overwritten without --force.",
-    )
-    init.add_argument("--dir", type=Path, default=None, help="key directory (default: $FEDGE_KEYS or ./keys)")
-    init.add_argument("--force", action="store_true", help="replace an existing key pair")
-    init.set_defaults(run=run_keys_init)
-    parser.set_defaults(run=print_help_of(parser))
-
-
-def run_keys_init(args: argparse.Namespace) -> int:
-    try:
-        private, public = init_keys(args.dir or default_key_dir(), force=args.force)
-    except FileExistsError as exc:
-        print(f"fedge-cloud keys init: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except OSError as exc:  # a directory that cannot be made or written: the user's to fix, like any bad path
-        print(f"fedge-cloud keys init: cannot write the key pair: {os_error_reason(exc)}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    print(f"private key {private} (keep it secret), public key {public} (copy it to every device)")
-    return ExitCode.OK

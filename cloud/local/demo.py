@@ -25,14 +25,14 @@ from agent.exit_codes import ExitCode
 from agent.model_store import ModelStore
 from agent.profile import load_profile
 from agent.protocol import InferReply, InferRequest, ProtocolError, Source
-from cloud.mosquitto import Mosquitto, free_port
+from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
 from cloud.zoo.pipeline import model_name, train_and_publish
 from cloud.zoo.tasks import DataOptions, get_task
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROFILES = ("raspberry-pi-4", "x86-gateway")
 TASKS = ("mnist1d", "digits")
 
@@ -119,7 +119,7 @@ def _table(results: dict[tuple[str, str], Tally]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloud.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cloud.local.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter training (first run) and 300 inputs per stream")
     parser.add_argument("--store", type=Path, default=None, help="model store (default: $FEDGE_STORE or ./store)")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], Tally] = {}
     with tempfile.TemporaryDirectory(prefix="fedge-demo-") as tmp, Mosquitto(Path(tmp) / "broker") as broker:
         print(f"private broker on {broker.url}; starting the coordinator with 2 workers ...", flush=True)
-        coordinator = Coordinator(WorkerSettings(store=store.root, host=broker.host, port=broker.port,
+        coordinator = Coordinator(WorkerSettings(store=store.root, broker=broker.settings,
                                                  worker_id="demo-worker", registry_url=str(Path(tmp) / "registry.db")),
                                   workers=2, status_interval_s=0.5)
         runner = threading.Thread(target=coordinator.run, daemon=True)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         agents = [_agent(profile, broker, store, Path(tmp)) for profile in PROFILES]
         try:
             deadline = time.monotonic() + 60
-            while not all(a.offload and a.offload.cloud_status and a.offload.cloud_status.doc.get("workers_alive") == 2
+            while not all(a.uplink and a.uplink.cloud_status and a.uplink.cloud_status.doc.get("workers_alive") == 2
                           for a in agents):
                 if time.monotonic() > deadline:
                     print("the workers did not come up within 60 s", file=sys.stderr)

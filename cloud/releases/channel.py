@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.model_store import StoredModel
-from agent.mqtt_client import BrokerConnectError, Subscriptions, TlsFiles, connect, new_client
+from agent.mqtt_client import BrokerConnectError, BrokerSettings, Subscriptions, connect, new_client
 from agent.protocol import Topics
 from agent.updates import Release
-from cloud.broker_options import client_id as unique_client_id
+from cloud.client_ids import client_id as unique_client_id
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; fedge runs on 3.10 too
@@ -33,23 +33,21 @@ class ReleaseChannel:
     silence the canaries and roll back a good release.
     """
 
-    def __init__(self, host: str, port: int, topics: Topics, *, client_id: str | None = None,
-                 tls: TlsFiles | None = None, username: str | None = None, password: str | None = None) -> None:
-        self.host, self.port, self.topics = host, port, topics
+    def __init__(self, broker: BrokerSettings, topics: Topics, *, client_id: str | None = None) -> None:
+        self.broker, self.topics = broker, topics
         self._heartbeat_filter = topics.device_heartbeat_filter
         self._heartbeats: Heartbeats = {}
         self._changed = threading.Condition()
         self._acks: dict[int, ReasonCode] = {}
-        self._client = new_client(client_id or unique_client_id("fedge-rollout"), tls=tls, username=username,
-                                  password=password)
+        self._client = new_client(client_id or unique_client_id("fedge-rollout"), broker)
         self._client.message_callback_add(self._heartbeat_filter, self._on_heartbeat)
         self._subscriptions = Subscriptions(self._client, [(self._heartbeat_filter, 0)])
         self._client.on_publish = self._on_publish
 
     def __enter__(self) -> Self:
-        connect(self._client, self.host, self.port)
+        connect(self._client, self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         try:
-            self._subscriptions.confirm(self.host, self.port, SUBSCRIBE_TIMEOUT_S, "its user needs read access to"
+            self._subscriptions.confirm(self.broker.host, self.broker.port, SUBSCRIBE_TIMEOUT_S, "its user needs read access to"
                                         " the devices' heartbeats (fedge-cloud acl's coordinator)")
         except BrokerConnectError:
             self.__exit__()
@@ -94,12 +92,12 @@ class ReleaseChannel:
         try:
             info.wait_for_publish(PUBLISH_TIMEOUT_S)
         except (RuntimeError, ValueError) as exc:  # not connected, or paho's queue is full
-            raise ConnectionError(f"could not publish {topic} to the broker at {self.host}:{self.port}: {exc}") from None
+            raise ConnectionError(f"could not publish {topic} to the broker at {self.broker.address}: {exc}") from None
         if not info.is_published():
-            raise ConnectionError(f"the broker at {self.host}:{self.port} did not take {topic} in time")
+            raise ConnectionError(f"the broker at {self.broker.address} did not take {topic} in time")
         reason = self._acks.pop(info.mid, None)
         if reason is not None and reason.is_failure:
-            raise ConnectionError(f"the broker at {self.host}:{self.port} refused {topic}: {reason}; its user"
+            raise ConnectionError(f"the broker at {self.broker.address} refused {topic}: {reason}; its user"
                                   f" needs write access to {self.topics.prefix}/models/# (fedge-cloud acl's coordinator)")
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _props: Any) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from agent.config.validation_errors import describe
 from agent.protocol.topics import check_segment
-from agent.validation_errors import describe
 from cloud.registry.base import Registry
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""The agent's one persistent MQTT v5 connection to the cloud, and its in-flight table.
+"""The agent's uplink: its one persistent MQTT v5 connection to the cloud, and the offloads in flight.
+
+Offloaded requests, replies, the cloud's status, heartbeats and releases all
+travel on it.
 
 ``submit`` publishes a request (QoS 1, Response Topic, Correlation Data,
 Message Expiry = the time left) and returns a latch; the reply sets it.
@@ -31,8 +34,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.latch import Latch
-from agent.mqtt_client import TlsFiles, new_client
+from agent.mqtt_client import BrokerSettings, new_client
 from agent.protocol import (
+    OFFLINE,
+    ONLINE,
     ErrorReply,
     InferReply,
     InferRequest,
@@ -44,8 +49,6 @@ from agent.protocol import (
 
 log = logging.getLogger(__name__)
 
-ONLINE, OFFLINE = b"online", b"offline"
-
 
 class OffloadUnavailable(Exception):
     """The request was not sent: no connection, or ``max_inflight`` offloads are already out."""
@@ -53,20 +56,6 @@ class OffloadUnavailable(Exception):
 
 class ConnectionLost(Exception):
     """The broker connection dropped while the request was in flight."""
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """How to reach the broker; resolved from the device profile by the caller."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls: TlsFiles | None = None
-    username: str | None = None
-    password: str | None = None
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +77,7 @@ class CloudStatus:
         return bool(self.doc.get("overloaded", False)) or not bool(self.doc.get("healthy", True))
 
 
-class OffloadClient:
+class Uplink:
     """Publishes requests for one device and matches replies by Correlation Data."""
 
     def __init__(self, device_id: str, topics: Topics, broker: BrokerSettings, *, max_inflight: int = 32,
@@ -112,9 +101,7 @@ class OffloadClient:
         self._subscriptions = threading.Lock()  # a handler added while connecting is subscribed exactly once
         self._stopping = False
         self.ignored_replies = 0
-        self._client = new_client(
-            client_id or f"fedge-agent-{device_id}", tls=broker.tls, username=broker.username, password=broker.password
-        )
+        self._client = new_client(client_id or f"fedge-agent-{device_id}", broker)
         self._client.will_set(self._status_topic, OFFLINE, qos=1, retain=True)
         # A random floor spreads a fleet's reconnects after a broker restart; paho doubles it up to the cap.
         # paho annotates the delays as int, but its backoff arithmetic takes floats: the jitter needs fractions.

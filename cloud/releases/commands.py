@@ -1,4 +1,4 @@
-"""`fedge-cloud models publish` (sign a version) and `fedge-cloud rollout` (canary, then group or back)."""
+"""`fedge-cloud keys init`, `fedge-cloud models publish` (sign a version) and `fedge-cloud rollout`."""
 
 from __future__ import annotations
 
@@ -8,41 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from agent.durable import replace_file
+from agent.command_line import os_error_reason, print_help_of
 from agent.exit_codes import ExitCode
-from agent.manifest import MANIFEST_FILE, ManifestError
-from agent.model_store import ModelStore, StoredModel
+from agent.manifest import ManifestError
 from agent.mqtt_client import BrokerConnectError
 from agent.protocol import Topics
 from agent.signing import KeyFileError
-from cloud.broker_options import add_broker_options, broker_connection
-from cloud.keys import (
-    PRIVATE_FILE,
-    default_key_dir,
-    load_private_key,
-    sign,
-)
+from cloud.options import add_broker_options, add_registry_option, add_store_option, broker_settings, store_of
 from cloud.registry import ModelState, RegistryUnavailable, open_registry
-from cloud.registry.open import add_registry_option
-from cloud.release_channel import ReleaseChannel
-from cloud.rollout import Rollout, RolloutError, RolloutPlan, summary
-from cloud.zoo.commands import add_store_option, store_of
-
-
-def sign_stored(store: ModelStore, task: str, name: str, version: int | None,
-                key: Ed25519PrivateKey | Path) -> StoredModel:
-    """Sign a stored version's manifest in place with ``key`` (or the key in that file).
-
-    The signed manifest is written whole to a temp file, fsynced and renamed over the old one,
-    so a crash leaves the old manifest or the new one, never a torn one.
-    """
-    stored = store.verified(task, name, version)
-    signed = sign(stored.manifest, key if isinstance(key, Ed25519PrivateKey) else load_private_key(key))
-    target = stored.directory / MANIFEST_FILE
-    replace_file(target, signed.to_json().encode())
-    return StoredModel(signed, stored.directory)
+from cloud.releases.channel import ReleaseChannel
+from cloud.releases.keys import PRIVATE_FILE, PUBLIC_FILE, default_key_dir, init_keys, load_private_key
+from cloud.releases.rollout import Rollout, RolloutError, RolloutPlan, summary
+from cloud.releases.signing import sign_stored
 
 
 def _key_option(parser: argparse.ArgumentParser) -> None:
@@ -150,10 +127,8 @@ def run_rollout(args: argparse.Namespace) -> int:
                        args.timeout, args.first_release)
     try:
         key = load_private_key(_key_file(args))
-        broker = broker_connection(args)
-        with open_registry(args.registry) as registry, \
-                ReleaseChannel(broker.host, broker.port, Topics(args.prefix), tls=broker.tls,
-                               username=broker.username, password=broker.password) as channel:
+        broker = broker_settings(args)
+        with open_registry(args.registry) as registry, ReleaseChannel(broker, Topics(args.prefix)) as channel:
             result = Rollout(store_of(args), registry, channel, key).run(plan)
     except (RolloutError, KeyFileError, ManifestError, ValueError) as exc:
         print(f"fedge-cloud rollout: {exc}", file=sys.stderr)
@@ -168,3 +143,33 @@ def run_rollout(args: argparse.Namespace) -> int:
     if result.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.outcome == "promoted" else ExitCode.FAILURE
+
+
+def add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `keys` (with `init`)."""
+    parser = commands.add_parser("keys", help="the Ed25519 key that signs model releases",
+                                 description="Manage the release signing key.")
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+    init = actions.add_parser(
+        "init", help="create the release signing key pair",
+        description=f"Write {PRIVATE_FILE} (Ed25519, mode 0600, keep it on the coordinator only) and"
+        f" {PUBLIC_FILE} (copy it to every device; profiles name it in updates.public_key_file)."
+        " An existing pair is never overwritten without --force.",
+    )
+    init.add_argument("--dir", type=Path, default=None, help="key directory (default: $FEDGE_KEYS or ./keys)")
+    init.add_argument("--force", action="store_true", help="replace an existing key pair")
+    init.set_defaults(run=run_keys_init)
+    parser.set_defaults(run=print_help_of(parser))
+
+
+def run_keys_init(args: argparse.Namespace) -> int:
+    try:
+        private, public = init_keys(args.dir or default_key_dir(), force=args.force)
+    except FileExistsError as exc:
+        print(f"fedge-cloud keys init: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except OSError as exc:  # a directory that cannot be made or written: the user's to fix, like any bad path
+        print(f"fedge-cloud keys init: cannot write the key pair: {os_error_reason(exc)}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    print(f"private key {private} (keep it secret), public key {public} (copy it to every device)")
+    return ExitCode.OK

@@ -1,4 +1,4 @@
-"""Broker flags for the coordinator's MQTT commands: where the broker is, TLS files, user and password.
+"""Command-line options shared by the coordinator's commands: the model store, the registry and the broker.
 
 A command that talks to a secured broker needs the same things a device
 profile's ``broker`` block holds; the password is referenced (an environment
@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-from agent.mqtt_client import BrokerAddress, TlsFiles
-from agent.profile.problems import ProfileError
-from agent.profile.resolve import password_from
+from agent.config.problems import ConfigError
+from agent.config.secrets import password_from
+from agent.model_store import ModelStore
+from agent.mqtt_client import BrokerSettings, TlsFiles
+from cloud.store import default_store_root
 
 
-@dataclass(frozen=True)
-class BrokerConnection:
-    """Everything ``agent.mqtt_client.new_client``/``connect`` need, from the flags."""
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=None,
+                        help="model store directory (default: $FEDGE_STORE or ./store)")
 
-    host: str
-    port: int
-    tls: TlsFiles | None
-    username: str | None
-    password: str | None
+
+def store_of(args: argparse.Namespace) -> ModelStore:
+    return ModelStore(args.store or default_store_root())
+
+
+def add_registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", default=None, metavar="URL",
+                        help="registry: a SQLite file path, sqlite:///path or postgresql://user@host/db"
+                        " (default: $FEDGE_REGISTRY or ./var/registry.db)")
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +52,8 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
                         help="private key of --cert-file (the TLS client key, not a release key)")
 
 
-def broker_connection(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> BrokerConnection:
-    """The connection the flags describe; ValueError naming the flag when they do not add up."""
-    address = BrokerAddress.parse(args.broker)
+def broker_settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> BrokerSettings:
+    """The broker the flags describe; ValueError naming the flag when they do not add up."""
     if (args.cert_file is None) != (args.key_file is None):
         raise ValueError("mutual TLS needs both --cert-file and --key-file")
     if (args.password_env or args.password_file) and args.username is None:
@@ -58,26 +61,14 @@ def broker_connection(args: argparse.Namespace, env: Mapping[str, str] = os.envi
     for flag, path in (("--ca-file", args.ca_file), ("--cert-file", args.cert_file), ("--key-file", args.key_file)):
         if path is not None and not path.is_file():
             raise ValueError(f"{flag} {path}: no such file")
-    use_tls = address.tls or args.ca_file is not None or args.cert_file is not None
-    tls = TlsFiles(args.ca_file, args.cert_file, args.key_file) if use_tls else None
     try:
         password = password_from(args.password_env, str(args.password_file) if args.password_file else None,
                                  "broker", Path, env)
-    except ProfileError as exc:  # its problems name profile keys; say which flag instead
+    except ConfigError as exc:  # its problems name config keys; say which flag instead
         raise ValueError("; ".join(f"--{p.path.rsplit('.', 1)[-1].replace('_', '-')}: {p.message}"
                                    for p in exc.problems)) from None
-    return BrokerConnection(address.host, address.port, tls, args.username, password)
-
-
-def instance_name() -> str:
-    """``host-pid``: this process's name on the broker.
-
-    Two coordinators (or a rollout and its retry) must never share a client id, or the broker hands
-    one's session to the other and disconnects it.
-    """
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
-
-
-def client_id(role: str) -> str:
-    """``role-host-pid``."""
-    return f"{role}-{instance_name()}"
+    files = TlsFiles(args.ca_file, args.cert_file, args.key_file)
+    broker = BrokerSettings.from_url(args.broker, BrokerSettings(tls=files, username=args.username, password=password))
+    if broker.tls is None and (args.ca_file is not None or args.cert_file is not None):  # either implies TLS
+        broker = replace(broker, tls=files)
+    return broker

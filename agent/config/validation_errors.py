@@ -1,6 +1,6 @@
-"""One way to say what a pydantic validation error means, for manifests, recipes and devices files.
+"""One way to say what a pydantic validation error means, for manifests, releases and heartbeats.
 
-(Device profiles have their own richer explanation with file:line:col, in agent/profile/explain.py.)
+(Config files have a richer explanation with file:line:col, in agent/config/explain.py.)
 """
 
 from __future__ import annotations

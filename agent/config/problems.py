@@ -1,4 +1,4 @@
-"""What a profile can get wrong, as readable problems carried by one exception."""
+"""What a config file (a device profile, a serve config, a devices file) can get wrong, as readable problems."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Location:
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a profile: where, which key, and what to do."""
+    """One thing wrong with a config: where, which key, and what to do."""
 
     location: Location | None
     path: str
@@ -42,8 +42,8 @@ class Problem:
         return ": ".join(parts)
 
 
-class ProfileError(Exception):
-    """A profile that cannot be used; `problems` lists every reason found."""
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` lists every reason found."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = list(problems)
@@ -52,6 +52,6 @@ class ProfileError(Exception):
 
 def error_at(
     source: str, message: str, line: int | None = None, column: int | None = None
-) -> ProfileError:
-    """A ProfileError with a single problem at a file (position) or environment variable."""
-    return ProfileError([Problem(Location(source, line, column), "", message)])
+) -> ConfigError:
+    """A ConfigError with a single problem at a file (position) or environment variable."""
+    return ConfigError([Problem(Location(source, line, column), "", message)])

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.offload import (
-    BrokerSettings,
-    ConnectionLost,
-    OffloadClient,
-    OffloadUnavailable,
-)
+from agent.mqtt_client import BrokerSettings
 from agent.protocol import InferReply, InferRequest, ProtocolError, Topics
-from cloud.mosquitto import Mosquitto
-from tests.mqtt_helpers import Inbox, client, subscribe
+from agent.uplink import ConnectionLost, OffloadUnavailable, Uplink
+from cloud.local.mosquitto import Mosquitto
+from tests.mqtt_helpers import Inbox, client, eventually, subscribe
 from tests.responder import responding
 
 TOPICS = Topics()
 
 
-def offload_client(broker: Mosquitto, device: str = "dev-1", max_inflight: int = 8) -> OffloadClient:
-    c = OffloadClient(device, TOPICS, BrokerSettings(broker.host, broker.port, reconnect_min_s=0.2,
+def offload_client(broker: Mosquitto, device: str = "dev-1", max_inflight: int = 8) -> Uplink:
+    c = Uplink(device, TOPICS, BrokerSettings(broker.host, broker.port, reconnect_min_s=0.2,
                                                      reconnect_max_s=1.0), max_inflight=max_inflight)
     c.start()
     assert c.wait_connected(5)
@@ -126,16 +120,6 @@ def test_broker_killed_fails_inflight_then_offloading_resumes(broker: Mosquitto)
             assert float(reply.outputs["output"][0, 0]) == 3.0
     finally:
         agent.stop()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Whether ``check`` holds within ``timeout`` seconds (polled on an Event, so nothing sleeps blind)."""
-    deadline, tick = time.monotonic() + timeout, threading.Event()
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        tick.wait(0.02)
-    return True
 
 
 def test_a_failing_subscription_handler_is_logged_and_offloading_goes_on(

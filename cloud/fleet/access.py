@@ -15,14 +15,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.config.loader import load_model
+from agent.config.problems import error_at
+from agent.config.yaml_source import DocumentKind
 from agent.protocol import Topics
 from agent.protocol.topics import check_segment
-from cloud.mosquitto import write_password_file
-from cloud.yaml_file import load_yaml_model
-
-
-class FleetError(ValueError):
-    """A devices file that cannot be used; the message names the file and the problem."""
+from cloud.fleet.passwords import write_password_file
 
 
 class Fleet(BaseModel):
@@ -35,17 +33,21 @@ class Fleet(BaseModel):
     coordinators: list[str] = Field(["coordinator"], description="Users of the coordinator")
 
 
+DEVICES_FILE = DocumentKind("devices file", "topic_prefix, devices, workers, coordinators",
+                            "a devices file needs at least devices")
+
+
 def load_fleet(path: Path) -> Fleet:
-    """The devices file at ``path``, its user names checked; problems raise FleetError naming the file."""
-    fleet = load_yaml_model(path, Fleet, FleetError)
+    """The devices file at ``path``, its user names checked; ConfigError naming the file (and line) otherwise."""
+    fleet = load_model(path, Fleet, DEVICES_FILE)
     users = [*fleet.devices, *fleet.workers, *fleet.coordinators]
     for name in users:
         try:
             check_segment(name, "user name")
         except ValueError as exc:
-            raise FleetError(f"{path}: {exc}") from None
+            raise error_at(str(path), str(exc)) from None
     if len(set(users)) != len(users):
-        raise FleetError(f"{path}: a user name appears twice; each device and service needs its own")
+        raise error_at(str(path), "a user name appears twice; each device and service needs its own")
     return fleet
 
 

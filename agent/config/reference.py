@@ -1,14 +1,12 @@
-"""The profile reference (docs/PROFILES.md), generated from the schema's descriptions.
+"""A config reference in Markdown (docs/PROFILES.md), generated from a schema's descriptions.
 
 Generated, so the reference cannot drift from the code: a test fails when the
-committed file differs from what this prints. Update it with
-`python -m agent.profile.reference docs/PROFILES.md`.
+committed file differs from what this prints. Update the profile reference with
+`fedge-agent schema --reference docs/PROFILES.md`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -17,22 +15,21 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from agent.profile.base import PATTERN_HINTS
-from agent.profile.introspect import TaggedUnion, field_type, is_model, is_optional, unwrap
-from agent.profile.schema import Profile
+from agent.config.base import PATTERN_HINTS
+from agent.config.introspect import TaggedUnion, field_type, is_model, is_optional, unwrap
 
-BEGIN = "<!-- BEGIN GENERATED REFERENCE: python -m agent.profile.reference docs/PROFILES.md -->"
+BEGIN = "<!-- BEGIN GENERATED REFERENCE: fedge-agent schema --reference docs/PROFILES.md -->"
 END = "<!-- END GENERATED REFERENCE -->"
 _TYPE_NAMES = {int: "integer", float: "number", bool: "boolean", str: "text"}
 _BOUND_WORDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
-def render_reference() -> str:
-    """Markdown for every section and key of a profile, in schema order."""
-    blocks = ["## Top level\n", f"{_one_line(Profile.__doc__ or '')}\n", *_table(Profile), ""]
+def render_reference(root: type[BaseModel]) -> str:
+    """Markdown for every section and key of ``root``, in schema order."""
+    blocks = ["## Top level\n", f"{_one_line(root.__doc__ or '')}\n", *_table(root), ""]
     seen: set[str] = set()
-    for name in Profile.model_fields:
-        blocks.extend(_sections(name, field_type(Profile, name), seen))
+    for name in root.model_fields:
+        blocks.extend(_sections(name, field_type(root, name), seen))
     return "\n".join(blocks)
 
 
@@ -146,34 +143,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def update(path: Path, check: bool) -> bool:
-    """Rewrite the generated block in `path`; False only when `check` finds it stale.
+def update(path: Path, root: type[BaseModel], check: bool) -> bool:
+    """Rewrite the generated block in `path` with ``root``'s reference; False only when `check` finds it stale.
 
     With `check` nothing is written, so CI can tell a stale reference apart.
     """
     text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+        raise ValueError(f"no generated block: the file needs the lines {BEGIN} and, after it, {END}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    fresh = f"{head}{BEGIN}\n\n{render_reference()}\n{END}{tail}"
+    fresh = f"{head}{BEGIN}\n\n{render_reference(root)}\n{END}{tail}"
     if fresh == text:
         return True
     if not check:
         path.write_text(fresh, encoding="utf-8")
     return not check
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.profile.reference [--check] docs/PROFILES.md`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--check", action="store_true", help="fail if the file is stale")
-    args = parser.parse_args(argv)
-    if update(args.file, args.check):
-        return 0
-    print(f"{args.file} is stale: run python -m agent.profile.reference {args.file}",
-          file=sys.stderr)
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

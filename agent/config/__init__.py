@@ -1,0 +1,1 @@
+"""The strict-YAML config toolkit: one base model, file:line:col errors, env overrides, secrets, references."""
