@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,6 +231,16 @@ class ApiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Each accepted connection with TCP_NODELAY on.
+
+        A response goes out in two writes (headers, then body); with Nagle on, the body waits for
+        the client's delayed ACK of the headers: 40 ms on every keep-alive request.
+        """
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="fedge-http", daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from agent.agent import Agent
 from agent.confidence import confidence, softmax
+from agent.http_api import ApiServer
 from agent.model_store import ModelStore
 from agent.policy import OffloadBudget
 from agent.profile import parse_profile
@@ -509,3 +511,19 @@ def test_a_release_of_another_precision_than_the_profile_asks_for_runs_and_is_re
         else:  # compress chose fp16 for the whole fleet: noted, not warned, and no remedy that cannot help
             assert len(said) == 1 and said[0][0] == level and "compression chose" in said[0][1], said
             assert "compress --task" not in said[0][1]
+
+
+def test_http_api_sets_tcp_nodelay_on_every_accepted_connection(zoo: Path) -> None:
+    """Without it a keep-alive client waits ~40 ms for each response body (Nagle against delayed ACKs)."""
+    with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
+        assert agent.api is not None
+        agent.api.stop()  # take accepting over from the serving thread: this test accepts itself
+        server = ApiServer(agent, "127.0.0.1", 0)
+        try:
+            with socket.create_connection(("127.0.0.1", server.port)) as caller:
+                accepted, _ = server.get_request()
+                with accepted:
+                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                assert caller.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the option was not a default
+        finally:
+            server.server_close()
