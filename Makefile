@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[edge,cloud,fl,dev]'
+	$(PY) -m pip install --quiet -e '.[edge,cloud,fl,simulation,dev]'
 	touch $(STAMP)
 
 # Tests and benchmarks start their own broker from the mosquitto binary.

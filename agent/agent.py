@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.audit import Auditor
 from agent.cascade import DEFAULT_QUEUE_DEPTH, OUTPUT, Cascade, Route
 from agent.feedback import FeedbackTally
 from agent.http_api import ApiServer
@@ -40,6 +41,7 @@ from agent.uplink import Uplink
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; JetPack 6 boards run 3.10
 
+    from agent.federated.supernode import SuperNode
     from agent.updates import Updater
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class Agent:
         self._api_port = profile.api.port if api_port is None else api_port
         self._tasks: dict[str, Route] = {}
         self.cascade: Cascade | None = None  # made in start(), once the uplink and the sample store exist
+        self.auditor: Auditor | None = None
+        self.supernode: SuperNode | None = None  # set in start() when the profile takes part in federated rounds
         self.samples: SampleStore | None = None
         self.uplink: Uplink | None = None
         self.api: ApiServer | None = None
@@ -107,12 +111,14 @@ class Agent:
         samples = p.storage.samples
         self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
                                    max_bytes=samples.max_bytes, retention_days=samples.retention_days)
-        if p.offload or p.updates.enabled:  # releases arrive on the same connection
+        if p.offload or p.updates.enabled or p.federated.enabled:  # releases and training windows come this way too
             inflight = max((policy.max_inflight for policy in p.offload.values()), default=1)
             self.uplink = Uplink(self.device_id, self.topics, self._broker, max_inflight=inflight,
                                          client_id=p.mqtt_client_id)
             self.uplink.start()
-        self.cascade = Cascade(self.metrics, self.uplink, self.samples, self._stop)
+        if self.uplink is not None and any(route.audit_rate > 0 for route in self._tasks.values()):
+            self.auditor = Auditor(self.uplink, self.samples, self.metrics)
+        self.cascade = Cascade(self.metrics, self.uplink, self.samples, self._stop, self.auditor)
         if self.updater is not None and self.uplink is not None:
             self.updater.start(self.uplink)
         if p.api.enabled:
@@ -121,9 +127,11 @@ class Agent:
         if p.metrics.enabled and self.uplink is not None:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="fedge-heartbeat", daemon=True)
             self._heartbeat.start()
-        if p.federated.enabled:
-            log.warning("federated.enabled is set, but this fedge-agent does not take part in federated rounds yet:"
-                        " it keeps samples (storage.samples) for when it does")
+        if p.federated.enabled and self.uplink is not None:
+            from agent.federated.supernode import SuperNode  # subprocess control only: no torch, no Flower here
+
+            self.supernode = SuperNode(p, self._state_dir / "samples.db", self._state_dir / "supernode.log")
+            self.uplink.subscribe(self.topics.federated_window, self.supernode.on_window)
         self._ready = True
         log.info("agent %s ready: tasks %s", self.device_id, ", ".join(self._tasks))
 
@@ -137,6 +145,10 @@ class Agent:
             self.updater.stop()
         for task in self._tasks.values():
             task.model.batcher.close(drain=True)
+        if self.auditor is not None:
+            self.auditor.stop()
+        if self.supernode is not None:
+            self.supernode.stop()
         if self.uplink is not None:
             self.uplink.stop()
         if self._heartbeat is not None:
@@ -233,6 +245,9 @@ class Agent:
             "offload_rate": m.offload_window.mean() or 0.0,
             "queue_depth": {name: t.model.batcher.depth for name, t in self._tasks.items()},
             "degraded": m.degraded_counts(),
+            "audit": self.auditor.heartbeat() if self.auditor is not None else {},
+            "federated": {} if self.supernode is None else {"supernode": self.supernode.running,
+                                                            "window": self.supernode.window.run or None},
             "latency_ms": {"local": {"p50": m.local_ms.percentile(50), "p99": m.local_ms.percentile(99)},
                            "offload": {"p50": m.offload_ms.percentile(50), "p99": m.offload_ms.percentile(99)}},
             "cpu_seconds": time.process_time(),

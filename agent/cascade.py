@@ -5,7 +5,8 @@ cloud when the local queue is past capacity), and its calibrated confidence
 decides whether the cloud is asked. Whatever goes wrong on the way to the
 cloud (no broker, a silent or broken cloud, the deadline) ends in the local
 answer marked ``degraded``, counted by cause; nothing waits past the deadline.
-The cloud's answers are kept in the sample store as training labels.
+The cloud's answers are kept in the sample store as training labels, and a
+random share of confident answers is audited by the cloud (agent/audit.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.audit import Auditor
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse
 from agent.metrics import AgentMetrics
@@ -31,7 +33,7 @@ from agent.policy import (
     over_capacity,
 )
 from agent.profile.offload import GeometricMeanFusion, Metric, OffloadPolicy, PolicyBase
-from agent.protocol import ErrorCode, ErrorReply, InferReply, InferRequest, ProtocolError, Source
+from agent.protocol import PRIORITY_MIN, ErrorCode, ErrorReply, InferReply, InferRequest, ProtocolError, Source
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
 from agent.uplink import ConnectionLost, OffloadUnavailable, Uplink
@@ -53,6 +55,7 @@ class Route:
     metric: Metric
     fusion_weight: float | None
     deadline_ms: float
+    audit_rate: float = 0.0
 
     @classmethod
     def of(cls, model: LocalModel, policy: OffloadPolicy | None) -> Route:
@@ -60,17 +63,19 @@ class Route:
             return cls(model, None, None, "max_prob", None, DEFAULT_DEADLINE_MS)
         fusion = policy.fusion.weight if isinstance(policy.fusion, GeometricMeanFusion) else None
         limits = CapacityLimits(policy.max_queue_depth, policy.max_inflight, policy.local_latency_slo_ms)
-        return cls(model, confidence_policy(policy), limits, policy.metric, fusion, policy.default_deadline_ms)
+        return cls(model, confidence_policy(policy), limits, policy.metric, fusion, policy.default_deadline_ms,
+                   policy.audit_rate)
 
 
 class Cascade:
     """Answers requests on the local model first and the cloud when unsure or busy; always once, in time."""
 
     def __init__(self, metrics: AgentMetrics, uplink: Uplink | None, samples: SampleStore | None,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, auditor: Auditor | None = None) -> None:
         self.metrics = metrics
         self.uplink = uplink
         self.samples = samples
+        self.auditor = auditor
         self._stopping = stopping
 
     def answer(self, route: Route, request: InferRequest, started: float) -> InferReply:
@@ -90,7 +95,10 @@ class Cascade:
         finite = math.isfinite(conf)  # NaN in the probabilities (a model overflowing) makes every metric NaN
         if finite and not route.policy.wants_offload(conf):
             self.metrics.offload_window.add(0.0)
-            return self._local_reply(route, request, probs, timings, finite)
+            reply = self._local_reply(route, request, probs, timings, finite)
+            if self.auditor is not None and may_offload(route.limits, pressure, PRIORITY_MIN) is None:
+                self.auditor.offer(route.model.task, request.request_id, x, probs, route.audit_rate)
+            return reply
         blocked = may_offload(route.limits, self._pressure(route), request.priority)
         if blocked is not None:
             self.metrics.offload_window.add(0.0)

@@ -126,6 +126,10 @@ class AgentMetrics:
                                 registry=self.registry)
         self.errors = Counter("fedge_errors", "Requests answered with an error, by code", ["task", "code"],
                               registry=self.registry)
+        self.audits = Counter("fedge_audits", "Confident local answers sent to the cloud in the background, by"
+                              " outcome (kept, late, refused, ...)", ["task", "outcome"], registry=self.registry)
+        self.audit_agreement = Gauge("fedge_audit_agreement", "Share of recent audits where the cloud's top class was"
+                                     " the local answer's", ["task"], registry=self.registry)
         self.degraded = Counter("fedge_degraded_by_cause", "Local answers marked degraded, by why the cloud's was not"
                                 " had", ["task", "cause"], registry=self.registry)
         self.answers = AnswerStats(_LATENCY_BUCKETS_S)

@@ -1,13 +1,16 @@
 """The sample store: what the agent keeps for federated fine-tuning.
 
-Offloaded inputs with the cloud's probabilities (soft labels), and labels users
-send back as feedback. SQLite in WAL mode with synchronous=NORMAL survives the
+Offloaded inputs with the cloud's probabilities (soft labels), audited inputs
+(a small random share of confident local answers the cloud labelled too, so
+training does not see the hard cases only), and labels users send back as
+feedback. SQLite in WAL mode with synchronous=NORMAL survives the
 agent being killed (every committed row is there after a restart); bounded by
 rows and bytes, oldest first out, and by age. ``enabled=False`` keeps nothing,
 for deployments where inputs must not be stored.
 
 One connection behind a lock: SQLite serialises writers anyway, and the
-agent's writes are small and few next to its inferences.
+agent's writes are small and few next to its inferences. The federated client
+opens the same file read-only (``SampleStore.reader``) while the agent runs.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ CREATE TABLE IF NOT EXISTS samples (
     x BLOB NOT NULL,
     soft BLOB,
     label INTEGER,
-    nbytes INTEGER NOT NULL
+    nbytes INTEGER NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'offload'
 );
 CREATE INDEX IF NOT EXISTS samples_task ON samples(task);
 """
+#: Why a sample was kept: the cloud answered an offloaded request, or audited a confident local answer.
+ORIGINS = ("offload", "audit")
 
 
 def _dims(shape: str) -> list[int]:
@@ -82,20 +88,41 @@ class SampleStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+            if "origin" not in columns:  # a store written before audits existed: every sample was offloaded
+                self._db.execute("ALTER TABLE samples ADD COLUMN origin TEXT NOT NULL DEFAULT 'offload'")
             self._expire()
 
-    def add(self, request_id: str, task: str, x: np.ndarray, soft: np.ndarray | None = None) -> None:
+    @classmethod
+    def reader(cls, path: Path) -> SampleStore:
+        """The store at ``path``, read-only, beside the agent that writes it; FileNotFoundError if there is none.
+
+        SQLite's WAL mode lets this reader see every committed sample while the agent goes on writing;
+        the reader never writes, evicts or expires anything (``add`` and ``feedback`` fail).
+        """
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no sample store (has this device kept any samples yet?)")
+        store = cls(path, enabled=False)
+        store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                    isolation_level=None)
+        return store
+
+    def add(self, request_id: str, task: str, x: np.ndarray, soft: np.ndarray | None = None,
+            origin: str = "offload") -> None:
         """Keep one sample (a no-op when disabled), evicting the oldest past the bounds."""
         if self._db is None:
             return
+        if origin not in ORIGINS:
+            raise ValueError(f"origin {origin!r} is not one of {', '.join(ORIGINS)}")
         x = np.ascontiguousarray(x)
         soft_blob = None if soft is None else np.ascontiguousarray(soft, dtype=np.float32).tobytes()
         nbytes = x.nbytes + (len(soft_blob) if soft_blob else 0)
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO samples (request_id, task, created, dtype, shape, x, soft, nbytes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, task, time.time(), x.dtype.str, ",".join(map(str, x.shape)), x.tobytes(), soft_blob, nbytes),
+                "INSERT OR REPLACE INTO samples (request_id, task, created, dtype, shape, x, soft, nbytes, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, task, time.time(), x.dtype.str, ",".join(map(str, x.shape)), x.tobytes(), soft_blob, nbytes,
+                 origin),
             )
             self._evict()
 
@@ -118,14 +145,14 @@ class SampleStore:
             self._db.execute("UPDATE samples SET label = ? WHERE request_id = ?", (label, request_id))
         return True
 
-    def count(self, task: str | None = None) -> int:
+    def count(self, task: str | None = None, origin: str | None = None) -> int:
+        """Samples kept (of ``task``, of ``origin``, when given)."""
         if self._db is None:
             return 0
+        where = " AND ".join(clause for clause, value in (("task = ?", task), ("origin = ?", origin)) if value)
         with self._lock:
-            if task:
-                row = self._db.execute("SELECT COUNT(*) FROM samples WHERE task = ?", (task,)).fetchone()
-            else:
-                row = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()
+            row = self._db.execute(f"SELECT COUNT(*) FROM samples{' WHERE ' + where if where else ''}",
+                                   tuple(value for value in (task, origin) if value)).fetchone()
             return int(row[0])
 
     def training_set(self, task: str, *, newest: int | None = None, labelled: bool = False) -> TrainingSet:

@@ -18,6 +18,7 @@ from agent.command_line import Registrar, build_parser, dispatch
 def subcommands() -> tuple[Registrar, ...]:
     """Every subcommand's registrar, in ``--help`` order."""
     from cloud.compress.commands import add_compress
+    from cloud.federated.commands import add_fl
     from cloud.fleet.commands import add_acl, add_devices, add_listen
     from cloud.registry.commands import add_state_actions
     from cloud.releases.commands import add_keys, add_publish, add_rollout
@@ -26,7 +27,7 @@ def subcommands() -> tuple[Registrar, ...]:
 
     models_actions = (add_state_actions, add_publish)  # `models` actions beyond `list` live with what they drive
     return (add_train, partial(add_models, more_actions=models_actions), add_compress, add_serve, add_acl,
-            add_devices, add_listen, add_keys, add_rollout)
+            add_devices, add_listen, add_keys, add_rollout, add_fl)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

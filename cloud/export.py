@@ -10,8 +10,8 @@ import torch
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # what onnx.load raises
 from torch import nn
 
+from agent.federated.architectures import ArchConfig, example_input
 from agent.manifest import TensorSpec
-from cloud.zoo.architectures import ArchConfig, example_input
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 17

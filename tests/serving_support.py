@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from agent.confidence import softmax
+from agent.federated.architectures import ArchConfig, build
 from agent.model_store import ModelStore
 from agent.session import open_session
 from cloud.export import export_onnx
 from cloud.local.mosquitto import Mosquitto
 from cloud.serving.worker import Worker, WorkerSettings
 from cloud.store import load_checkpoint, publish
-from cloud.zoo.architectures import ArchConfig, build
 from tests.agent_support import sample_inputs, train_small_zoo
 from tests.mqtt_helpers import Inbox, client, subscribe
 

@@ -34,10 +34,11 @@ from agent.runtime import check_precision
 from agent.session import open_session
 from cloud.local.mosquitto import Mosquitto, free_port
 from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
-from tests.mqtt_helpers import Inbox, client, subscribe
+from tests.mqtt_helpers import Inbox, client, eventually, subscribe
 from tests.responder import responding
 
-THRESHOLD = {"mode": "threshold", "metric": "max_prob", "threshold": 0.8, "default_deadline_ms": 2000}
+# Audits off: these tests count what reaches the cloud (the audit test turns them on)
+THRESHOLD = {"mode": "threshold", "metric": "max_prob", "threshold": 0.8, "default_deadline_ms": 2000, "audit_rate": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,27 @@ def test_confident_stays_local_and_unconfident_goes_to_the_cloud(zoo: Path, agen
     assert Source.EDGE in sources and Source.CLOUD in sources
     assert cloud.served == sources.count(Source.CLOUD)
     assert agent.samples is not None and agent.samples.count("mnist1d") == cloud.served
+
+
+def test_a_share_of_confident_answers_is_audited_in_the_background_and_kept(zoo: Path, broker: Mosquitto) -> None:
+    store = ModelStore(zoo / "state" / "models")
+    x, _ = sample_inputs(200, seed=7)
+    confident = int((edge_confidence(zoo, x) >= 0.8).sum())
+    with responding(broker, cloud_answer(store)) as cloud, \
+            Agent(make_profile(zoo, broker, offload={**THRESHOLD, "audit_rate": 0.5}, api_port=free_port())) as agent:
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
+        assert eventually(lambda: agent.uplink is not None and agent.uplink.cloud_status is not None, 5)
+        replies = [agent.infer(request(x[i:i + 1])) for i in range(len(x))]
+        local = [r for r in replies if r.source is Source.EDGE]
+        assert len(local) == confident and not any(r.degraded for r in local)  # audits never change an answer
+        assert agent.samples is not None
+        assert eventually(lambda: agent.samples is not None and agent.samples.count("mnist1d", "audit") > 0.25 * confident)
+        assert agent.auditor is not None
+        agent.auditor.stop()  # the audit in flight lands, later ones are dropped: the counts below hold still
+        audited = agent.heartbeat()["audit"]["mnist1d"]
+        assert audited["audited"] == agent.samples.count("mnist1d", "audit") and 0.5 <= audited["agreement"] <= 1.0
+        assert cloud.served == len(x) - confident + audited["audited"]
+        assert 'fedge_audits_total{outcome="kept",task="mnist1d"}' in agent.metrics_text()[0].decode()
 
 
 def test_answers_carry_source_model_and_latency_split(agent_with_cloud: tuple[Agent, Any]) -> None:
@@ -445,29 +467,27 @@ def test_heartbeat_and_retained_status_reach_the_broker(zoo: Path, broker: Mosqu
     assert {"offload_rate", "queue_depth", "latency_ms", "rss_mb"} <= beat.keys()
 
 
-def test_a_profile_asking_for_federated_rounds_is_told_they_do_not_run_yet(
-        zoo: Path, caplog: pytest.LogCaptureFixture) -> None:
-    federated = {"enabled": True, "server_address": "127.0.0.1:9092"}
-    with caplog.at_level(logging.WARNING), Agent(make_profile(zoo, None, federated=federated, api_port=free_port())):
-        pass
-    assert any("federated.enabled is set" in r.getMessage() and "does not take part" in r.getMessage()
-               for r in caplog.records)
-
-
-def test_the_inference_path_imports_no_torch(zoo: Path) -> None:
+def test_the_inference_path_imports_no_torch_and_no_flower(zoo: Path, broker: Mosquitto) -> None:
+    """Also with federated rounds on: the SuperNode is another process; the agent only starts and stops it."""
+    federated = {"enabled": True, "server_address": f"127.0.0.1:{free_port()}", "clientapp_port": free_port()}
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from tests.agent_support import make_profile, sample_inputs
+from tests.agent_support import make_profile
 from pathlib import Path
 import numpy as np
 from agent.agent import Agent
 from agent.protocol import InferRequest
+from cloud.local.mosquitto import Mosquitto
 x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
-with Agent(make_profile(Path({str(zoo)!r}), None, api_port={free_port()})) as agent:
+broker = Mosquitto.__new__(Mosquitto)
+broker.host, broker.port = "127.0.0.1", {broker.port}
+profile = make_profile(Path({str(zoo)!r}), broker, api_port={free_port()}, federated={federated!r})
+with Agent(profile) as agent:
+    assert agent.supernode is not None and agent.uplink.wait_connected(10)
     reply = agent.infer(InferRequest("mnist1d", {{"input": x}}))
 assert reply.outputs["probabilities"].shape == (3, 10)
-print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "flwr")))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

@@ -10,14 +10,14 @@ import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloud.local.mosquitto import free_port
-from cloud.registry import ModelState, Registry, RegistryUnavailable, existing_registry, open_registry
+from cloud.registry import ModelState, Registry, RegistryUnavailable, RoundRecord, existing_registry, open_registry
 from cloud.registry.postgres import PostgresRegistry
 from cloud.registry.sql import HEARTBEATS_KEPT
 from cloud.registry.sqlite import SqliteRegistry
@@ -256,6 +256,18 @@ def test_a_bad_heartbeat_names_its_field_and_changes_nothing(registry: Registry,
 
 
 # -- opening by URL (no database needed beyond files and a closed port) --------------------
+def test_federated_rounds_are_kept_in_order_and_a_repeated_round_replaces_its_row(registry: Registry) -> None:
+    first = RoundRecord("run-1", "mnist1d", 1, 3, 1, 0, 900, 0.81, 0.30, None, 11.5, 100.0, {"train-loss": 0.9})
+    registry.record_round(first)
+    registry.record_round(RoundRecord("run-2", "digits", 1, 2, 0, 0, 400, None, None, None, 3.0, 101.0, {}))
+    registry.record_round(replace(first, round=2, accuracy=0.84, release="mnist1d-edge v2", at=102.0))
+    registry.record_round(replace(first, accuracy=0.82, at=103.0))  # round 1 again, after a resumed run
+    run = registry.rounds("run-1")
+    assert [(r.round, r.accuracy, r.release) for r in run] == [(2, 0.84, "mnist1d-edge v2"), (1, 0.82, None)]
+    assert run[1].details == {"train-loss": 0.9} and run[1].declined == 1
+    assert {r.run for r in registry.rounds()} == {"run-1", "run-2"}
+
+
 def test_open_registry_by_path_url_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_registry(tmp_path / "a.db") as by_path:
         by_path.add_model("t", "big", 1)

@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from agent.federated.architectures import ArchConfig, build
 from agent.manifest import ManifestError, sha256_file, verify_file
 from agent.model_store import ModelNotFound, ModelStore
 from cloud.export import export_onnx
 from cloud.store import load_checkpoint
-from cloud.zoo.architectures import ArchConfig, build
 from cloud.zoo.augment import shift_images
 from cloud.zoo.mnist1d import Mnist1dParams, generate
 from cloud.zoo.pipeline import train_and_publish

@@ -93,6 +93,15 @@ class PolicyBase(StrictModel):
         " of the offload. After it the local answer is returned, marked degraded.",
     )
 
+    audit_rate: float = Field(
+        0.02,
+        ge=0,
+        le=0.5,
+        description="Share of confident local answers also sent to the cloud in the background (never delaying"
+        " the answer) and kept with the cloud's probabilities: unbiased training data for federated rounds, and a"
+        " live estimate of how often the edge agrees with the cloud (heartbeat, /metrics). 0 turns audits off.",
+    )
+
     @model_validator(mode="after")
     def check_deadline_covers_slo(self) -> PolicyBase:
         """A deadline shorter than the local SLO leaves no time to fall back locally."""

@@ -58,19 +58,39 @@ class StorageConfig(StrictModel):
 
 
 class FederatedConfig(StrictModel):
-    """Taking part in Flower fine-tuning rounds on the locally stored samples."""
+    """Taking part in Flower fine-tuning rounds on the locally stored samples.
 
-    enabled: bool = Field(False, description="Join federated rounds.")
+    The agent starts a Flower SuperNode (a separate process: the agent itself never loads torch or
+    Flower) when the cloud opens a training window, and stops it when the window closes.
+    """
+
+    enabled: bool = Field(False, description="Join federated rounds (needs `pip install fedge[fl]` on the device).")
     server_address: Annotated[str, StringConstraints(pattern=HOST_PORT_PATTERN)] | None = Field(
-        None, description="Flower server (SuperLink) address as host:port; needed when enabled."
+        None, description="Flower server (SuperLink) Fleet API address as host:port; needed when enabled."
     )
     local_epochs: int = Field(1, ge=1, le=100, description="Epochs over local samples per round.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Training batch size.")
+    batch_size: int = Field(32, ge=2, le=4096, description="Training batch size.")
     min_samples: int = Field(
         256,
         ge=1,
         le=10_000_000,
-        description="Samples needed before the device joins a round; fewer would add noise.",
+        description="Samples needed before the device joins a round; with fewer it declines, and says why.",
+    )
+    root_certificates: FilePath | None = Field(
+        None,
+        description="CA certificate that signed the SuperLink's TLS certificate; set means TLS, null connects"
+        " without TLS (lab set-ups only).",
+    )
+    auth_key_file: FilePath | None = Field(
+        None,
+        description="The SuperNode's private key (ECDSA on a NIST curve, e.g. P-384; not Ed25519) for SuperLink"
+        " node authentication; its public key is registered with `flwr supernode register`. Needs"
+        " root_certificates.",
+    )
+    clientapp_port: int = Field(
+        9094, ge=1, le=65535,
+        description="Local port the SuperNode serves its ClientApp processes on (127.0.0.1); every SuperNode on"
+        " one host needs its own.",
     )
 
     @model_validator(mode="after")
@@ -81,6 +101,14 @@ class FederatedConfig(StrictModel):
                 "enabled is true but server_address is not set: add server_address"
                 " (host:port) or set enabled: false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def check_auth_has_tls(self) -> FederatedConfig:
+        """Flower refuses node authentication over a connection without TLS."""
+        if self.auth_key_file is not None and self.root_certificates is None:
+            raise rule_broken("auth_key_file needs TLS: set root_certificates (the SuperLink's CA) as well",
+                              "auth_key_file")
         return self
 
 

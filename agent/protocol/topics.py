@@ -101,6 +101,11 @@ class Topics:
     def coordinator_presences(self) -> str:
         return f"{self.prefix}/cloud/coordinators/+"
 
+    @property
+    def federated_window(self) -> str:
+        """The cloud's retained federated training window: agents run their Flower SuperNode while it is open."""
+        return f"{self.prefix}/federated/window"
+
     def manifest(self, task: str) -> str:
         return f"{self.prefix}/models/{check_segment(task, 'task')}/manifest"
 

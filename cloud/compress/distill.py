@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cloud.zoo.architectures import ArchConfig, build
+from agent.federated.architectures import ArchConfig, build
 from cloud.zoo.tasks import Dataset
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
 

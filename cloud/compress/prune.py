@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from cloud.zoo.architectures import ArchConfig, build
+from agent.federated.architectures import ArchConfig, build
 
 Norm = Literal["l1", "l2"]
 

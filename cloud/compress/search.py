@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 from torch import nn
 
+from agent.federated.architectures import ArchConfig, build
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
 from cloud.compress import quantize
@@ -29,7 +31,6 @@ from cloud.compress.prune import apply_unstructured, make_permanent, prune_struc
 from cloud.compress.recipe import Recipe, Unstructured
 from cloud.export import export_onnx
 from cloud.store import load_checkpoint
-from cloud.zoo.architectures import ArchConfig, build
 from cloud.zoo.pipeline import model_name
 from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task
 from cloud.zoo.train import seed_everything, train_classifier
@@ -122,7 +123,7 @@ def require_unseen_validation(store: ModelStore, stored: StoredModel, role: str,
         )
 
 
-def _quantized(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tuple[str, Path]]:
+def quantized_variants(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tuple[str, Path]]:
     """Every quantization variant of one fp32 file, per the recipe."""
     q = recipe.quantization
     out: list[tuple[str, Path]] = []
@@ -206,7 +207,7 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
     teacher = cloud if recipe.distillation else None
     for pruning, model, arch in _pruned_models(base, config, recipe, task, train, teacher, log):
         fp32 = reference_file if pruning == "none" else export_onnx(model, arch, workdir / pruning / "fp32.onnx")
-        for quantization, path in _quantized(fp32, recipe, calibration_x):
+        for quantization, path in quantized_variants(fp32, recipe, calibration_x):
             is_reference = (pruning, quantization) == ("none", "fp32")
             variant = reference if is_reference else Variant(pruning, quantization, path, measured(path), arch, model)
             m = variant.measurement
@@ -223,8 +224,17 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
                         max_drop_points, calibration, data)
 
 
-def choose(reference: Measurement, variants: list[Variant], max_drop_points: float,
-           ) -> tuple[list[Variant], list[Variant], Variant | None]:
+class Measured(Protocol):
+    """Anything ``choose`` can choose among: a variant with its measurement."""
+
+    @property
+    def measurement(self) -> Measurement: ...
+
+
+V = TypeVar("V", bound=Measured)
+
+
+def choose(reference: Measurement, variants: list[V], max_drop_points: float) -> tuple[list[V], list[V], V | None]:
     """(within the budget, their Pareto front, its fastest point): all on validation accuracy, never on test."""
     ref_acc = reference.validation_accuracy
     within = [v for v in variants if (ref_acc - v.measurement.validation_accuracy) * 100 <= max_drop_points]

@@ -59,12 +59,13 @@ def acl_text(fleet: Fleet) -> str:
     for device in fleet.devices:
         blocks.append([f"user {device}", f"topic write {p}/infer/#", f"topic write {t.device_status(device)}",
                        f"topic write {t.device_heartbeat(device)}", f"topic read {t.device_reply(device)}",
-                       f"topic read {p}/models/#", f"topic read {t.cloud_status}"])
+                       f"topic read {p}/models/#", f"topic read {t.cloud_status}", f"topic read {t.federated_window}"])
     for worker in fleet.workers:
         blocks.append([f"user {worker}", f"topic read {t.infer_filter}", f"topic write {p}/device/+/reply",
                        f"topic write {p}/replies/#", f"topic write {t.worker_reports}"])
     for coordinator in fleet.coordinators:
         blocks.append([f"user {coordinator}", f"topic write {t.cloud_status}", f"topic write {p}/models/#",
+                       f"topic write {t.federated_window}",
                        f"topic write {t.coordinator_presences}", f"topic read {t.worker_reports}",
                        f"topic read {t.device_status_filter}", f"topic read {t.device_heartbeat_filter}"])
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"

@@ -1,4 +1,4 @@
-"""The coordinator's registry of model versions and devices (SQLite embedded, PostgreSQL by URL)."""
+"""The coordinator's registry of model versions, devices and federated rounds (SQLite embedded, PostgreSQL by URL)."""
 
 from cloud.registry.base import (
     DeviceRecord,
@@ -7,6 +7,7 @@ from cloud.registry.base import (
     ModelState,
     Registry,
     RegistryUnavailable,
+    RoundRecord,
 )
 from cloud.registry.open import default_registry, existing_registry, open_registry
 
@@ -17,6 +18,7 @@ __all__ = [
     "ModelState",
     "Registry",
     "RegistryUnavailable",
+    "RoundRecord",
     "default_registry",
     "existing_registry",
     "open_registry",

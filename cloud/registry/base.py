@@ -1,4 +1,4 @@
-"""The coordinator's registry: model versions with their states, and the devices of the fleet.
+"""The coordinator's registry: model versions with their states, the devices of the fleet, federated rounds.
 
 One interface, two backends (SQLite embedded, PostgreSQL by URL), one shared test
 suite (tests/test_registry.py) run against both, so callers never care which
@@ -69,6 +69,31 @@ class DeviceRecord:
     group: str
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """One federated round as the server saw it (``fedge-cloud fl status`` prints these).
+
+    ``accuracy`` is the aggregate's on the cloud's held-out data; ``offload_rate`` the fleet's (from
+    heartbeats) or, in a simulation, the one the aggregate needs for 0.99x the cloud's accuracy;
+    ``release`` the version published after this round, or why none was. ``details`` holds the rest
+    (the devices' mean metrics, Flower's share of the round's time, bytes per client).
+    """
+
+    run: str
+    task: str
+    round: int
+    participants: int
+    declined: int
+    dropped: int
+    examples: int
+    accuracy: float | None
+    offload_rate: float | None
+    release: str | None
+    seconds: float
+    at: float
+    details: dict[str, Any]
+
+
 class Registry(ABC):
     """Model versions and devices; every method is one transaction, safe for several processes."""
 
@@ -131,6 +156,14 @@ class Registry(ABC):
 
         Each is ``{"at": seconds, "event": "heartbeat"|"online"|"offline", "data": heartbeat or {}}``.
         """
+
+    @abstractmethod
+    def record_round(self, record: RoundRecord) -> None:
+        """Keep one federated round (a round recorded again, after a resumed run repeats it, replaces it)."""
+
+    @abstractmethod
+    def rounds(self, run: str | None = None) -> list[RoundRecord]:
+        """Federated rounds, oldest first: of one run, or of every run."""
 
     @abstractmethod
     def close(self) -> None:

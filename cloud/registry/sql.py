@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol, TypeVar
 
-from cloud.registry.base import DeviceRecord, ModelEvent, ModelRecord, ModelState, Registry
+from cloud.registry.base import DeviceRecord, ModelEvent, ModelRecord, ModelState, Registry, RoundRecord
 from cloud.registry.heartbeat import summarize
 
 HEARTBEATS_KEPT = 1000  # per device: ~8 hours at the default 30 s heartbeat interval
@@ -76,6 +76,11 @@ def schema(id_column: str) -> list[str]:
             version INTEGER NOT NULL, n INTEGER NOT NULL, correct INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (device_id, session, task, name, version))""",
         "CREATE INDEX IF NOT EXISTS feedback_counts_by_version ON feedback_counts (task, name, version)",
+        """CREATE TABLE IF NOT EXISTS fl_rounds (
+            run TEXT NOT NULL, task TEXT NOT NULL, round INTEGER NOT NULL, participants INTEGER NOT NULL,
+            declined INTEGER NOT NULL, dropped INTEGER NOT NULL, examples INTEGER NOT NULL,
+            accuracy DOUBLE PRECISION, offload_rate DOUBLE PRECISION, release TEXT, seconds DOUBLE PRECISION NOT NULL,
+            at DOUBLE PRECISION NOT NULL, details TEXT NOT NULL, PRIMARY KEY (run, round))""",
     ]
 
 
@@ -261,6 +266,32 @@ class SqlRegistry(Registry):
             rows = self._run(cur, "SELECT at, event, data FROM device_events WHERE device_id = ?"
                              " ORDER BY id DESC LIMIT ?", (device_id, limit)).fetchall()
         return [{"at": at, "event": event, "data": json.loads(data)} for at, event, data in rows]
+
+
+    # -- federated rounds -------------------------------------------------------------------
+    @reconnecting
+    def record_round(self, record: RoundRecord) -> None:
+        r = record
+        with self._tx() as cur:
+            self._run(cur, """INSERT INTO fl_rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (run, round) DO UPDATE SET task = excluded.task, participants = excluded.participants,
+                declined = excluded.declined, dropped = excluded.dropped, examples = excluded.examples,
+                accuracy = excluded.accuracy, offload_rate = excluded.offload_rate, release = excluded.release,
+                seconds = excluded.seconds, at = excluded.at, details = excluded.details""",
+                      (r.run, r.task, r.round, r.participants, r.declined, r.dropped, r.examples, r.accuracy,
+                       r.offload_rate, r.release, r.seconds, r.at, json.dumps(r.details)))
+
+    @reconnecting
+    def rounds(self, run: str | None = None) -> list[RoundRecord]:
+        where, params = ("WHERE run = ?", (run,)) if run is not None else ("", ())
+        with self._tx(write=False) as cur:
+            rows = self._run(cur, "SELECT run, task, round, participants, declined, dropped, examples, accuracy,"
+                             f" offload_rate, release, seconds, at, details FROM fl_rounds {where}"
+                             " ORDER BY at, run, round", params).fetchall()
+        return [RoundRecord(run, task, number, participants, declined, dropped, examples, accuracy, offload, release,
+                            seconds, at, json.loads(details))
+                for run, task, number, participants, declined, dropped, examples, accuracy, offload, release, seconds, at,
+                details in rows]
 
 
 def _rowcount(cur: Cursor) -> int:

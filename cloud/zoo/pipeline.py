@@ -6,10 +6,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.federated.architectures import ArchConfig, build, parameter_count
 from agent.model_store import ModelStore, StoredModel
 from cloud.export import export_onnx
 from cloud.store import publish
-from cloud.zoo.architectures import ArchConfig, build, parameter_count
 from cloud.zoo.tasks import DataOptions, get_task
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
 

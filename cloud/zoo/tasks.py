@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.zoo.architectures import ArchConfig
+from agent.federated.architectures import ArchConfig
 from cloud.zoo.augment import Augment, shift_images
 from cloud.zoo.mnist1d import Mnist1dParams, generate, templates
 

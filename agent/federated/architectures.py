@@ -3,6 +3,10 @@
 Every model is an ``nn.Sequential`` built from an ``ArchConfig``: conv blocks
 (conv, batch norm, ReLU, optional max-pool) then fully connected layers. The
 structured pruner edits ``channels``/``hidden`` and copies the kept weights.
+
+They live with the agent's federated client because a device rebuilds the edge
+model from its config to fine-tune it; the cloud's zoo and compression import
+them from here (the agent never imports the cloud).
 """
 
 from __future__ import annotations
