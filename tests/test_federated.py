@@ -342,3 +342,24 @@ def _distil(model: object, store: ModelStore, data: object) -> None:
     soft = softmax(session.run(None, {"input": fresh.x_train})[0]).astype(np.float32)
     fine_tune(model, TrainingSet(fresh.x_train, soft, np.full(len(soft), -1)), 10,  # type: ignore[arg-type]
               Recipe(epochs=4, learning_rate=0.02))
+
+
+def test_fl_loop_quick_runs_the_closed_loop_with_every_part_and_leaves_nothing_running(
+        zoo: Path, tmp_path: Path) -> None:
+    """Broker, coordinator, agents streaming, a training window, real SuperNodes, a round, a release decision."""
+    out = tmp_path / "report"
+    result = subprocess.run([FEDGE_CLOUD, "fl", "loop", "--quick", "--store", str(zoo), "--out", str(out)],
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "loop.json").read_text())
+    assert [p["phase"] for p in report["phases"]] == [0, 1]
+    assert all(p["requests"] == 2 * 150 and p["errors"] == 0 for p in report["phases"])
+    assert [r["round"] for r in report["rounds"]] == [0, 1] and report["rounds"][1]["participants"] == 2
+    release = report["rounds"][1]["release"]
+    assert release and ("promoted" in release or "not published" in release), release  # a release or why not
+    if "promoted" in release:
+        assert set(report["phases"][1]["versions"].values()) == {"2"}, report["phases"][1]
+    assert (out / "loop.png").stat().st_size > 0
+    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                 if "fedge-loop-" in _cmdline(pid) and ("flower" in _cmdline(pid) or "flwr" in _cmdline(pid))]
+    assert not leftovers, [_cmdline(p) for p in leftovers]

@@ -58,6 +58,10 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds a round waits for devices and replies (default {d.round_timeout_s:g})")
     parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="aggregation (default fedavg)")
     parser.add_argument("--mu", type=float, default=d.proximal_mu, help="fedprox: proximal weight mu")
+    parser.add_argument("--server-momentum", type=float, default=d.server_momentum,
+                        help=f"fedavgm: server momentum (default {d.server_momentum:g})")
+    parser.add_argument("--server-lr", type=float, default=d.server_learning_rate,
+                        help=f"fedavgm: server learning rate (default {d.server_learning_rate:g})")
     parser.add_argument("--trim", type=float, default=d.trim_beta, help="trimmed-mean: share cut from each end")
     parser.add_argument("--krum-malicious", type=int, default=d.krum_malicious,
                         help="krum: devices assumed malicious")
@@ -84,7 +88,8 @@ def _settings(args: argparse.Namespace, **more: object) -> FederatedSettings:
     return FederatedSettings(
         task=args.task, model=args.model, rounds=args.rounds, rounds_per_release=args.rounds_per_release,
         min_nodes=args.min_nodes, fraction=args.fraction, round_timeout_s=args.round_timeout, strategy=args.strategy,
-        proximal_mu=args.mu, trim_beta=args.trim, krum_malicious=args.krum_malicious, local_epochs=args.local_epochs,
+        proximal_mu=args.mu, server_momentum=args.server_momentum, server_learning_rate=args.server_lr,
+        trim_beta=args.trim, krum_malicious=args.krum_malicious, local_epochs=args.local_epochs,
         learning_rate=args.learning_rate, temperature=args.temperature, distill_weight=args.distill_weight,
         dp_noise=args.dp_noise, dp_clip=args.dp_clip, max_accuracy_drop=args.max_accuracy_drop,
         store=str(args.store or Path("store")), registry=args.registry or default_registry(), run=args.run_id,

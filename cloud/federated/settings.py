@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-STRATEGIES = ("fedavg", "fedprox", "trimmed-mean", "median", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "trimmed-mean", "median", "krum")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class FederatedSettings:
     fraction: float = 1.0
     round_timeout_s: float = 120.0
     strategy: str = "fedavg"
+    server_momentum: float = 0.9  # fedavgm: momentum of the server's update (non-IID fleets drift less)
+    server_learning_rate: float = 1.0  # fedavgm
     proximal_mu: float = 0.01  # fedprox
     trim_beta: float = 0.2  # trimmed-mean: the share cut from each end
     krum_malicious: int = 1  # krum: devices assumed malicious

@@ -14,6 +14,7 @@ from typing import TypedDict
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -26,6 +27,10 @@ from cloud.federated.settings import FederatedSettings
 
 def _fedavg(s: FederatedSettings) -> Strategy:
     return FedAvg(**_sampling(s))
+
+
+def _fedavgm(s: FederatedSettings) -> Strategy:
+    return FedAvgM(**_sampling(s), server_learning_rate=s.server_learning_rate, server_momentum=s.server_momentum)
 
 
 def _fedprox(s: FederatedSettings) -> Strategy:
@@ -46,7 +51,7 @@ def _krum(s: FederatedSettings) -> Strategy:
 
 #: One Flower strategy per ``--strategy`` name (settings.STRATEGIES lists them in this order).
 STRATEGY_FACTORIES: dict[str, Callable[[FederatedSettings], Strategy]] = {
-    "fedavg": _fedavg, "fedprox": _fedprox, "trimmed-mean": _trimmed_mean, "median": _median, "krum": _krum,
+    "fedavg": _fedavg, "fedavgm": _fedavgm, "fedprox": _fedprox, "trimmed-mean": _trimmed_mean, "median": _median, "krum": _krum,
 }
 
 
