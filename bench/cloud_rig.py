@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 
 from agent.metrics import rss_mb
 from agent.mqtt_client import connect, new_client
+from agent.process_tree import children
 from agent.protocol import Topics
 from cloud.local.mosquitto import Mosquitto
 
@@ -40,21 +41,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; fields[11], [12] are utime, stime
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc (the worker processes of a coordinator)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 @dataclass

@@ -13,8 +13,9 @@ weights leave the devices. In the same run:
 * ``closed_loop``: per round, the offload share the cascade needs to reach 0.99x
   the cloud's accuracy with the aggregate as the edge model. Goal
   ``offload_ratio_round10_vs_round0`` <= 0.6.
-* Each round's wall time split into the devices' training and Flower's share,
-  and the bytes each device sends and receives per round.
+* Each round's wall time split into the devices' training and Flower's share, on
+  the simulation engine and on the deployment engine (a real SuperLink and two real
+  SuperNodes on loopback), and the bytes each device sends and receives per round.
 * Client-side DP (Flower's fixed clipping, on the ClientApp and the strategy) at
   two noise levels: its accuracy cost after the same number of rounds.
 * A poisoned device (update x100) against fedavg, trimmed-mean, median and Krum.
@@ -53,14 +54,14 @@ DEVICE_EPOCHS = 10
 LEARNING_RATE = 0.002
 
 
-def _run(store: ModelStore, work: Path, data: DataOptions, name: str, plan: FleetPlan, rounds: int, **changes: Any
-         ) -> list[RoundRecord]:
+def _run(store: ModelStore, work: Path, data: DataOptions, name: str, plan: FleetPlan, rounds: int, *,
+         engine: str = "simulation", **changes: Any) -> list[RoundRecord]:
     settings = FederatedSettings(task=TASK, rounds=rounds, min_nodes=plan.devices, store=str(store.root),
                                  registry=str(work / "registry.db"), run=name, round_timeout_s=300,
                                  learning_rate=LEARNING_RATE, train_size=data.train_size, test_size=data.test_size,
                                  state_dir=str(work / name))
     attack = changes.pop("attack", Attack())
-    return simulate(settings.replace(**changes), plan, work / "fleet", attack=attack, engine="simulation",
+    return simulate(settings.replace(**changes), plan, work / "fleet", attack=attack, engine=engine,
                        report=lambda r: print(f"  {name} round {r.round}: accuracy {r.accuracy:.2%},"
                                               f" offload needed {r.offload_rate:.1%}", flush=True),
                        node={"min-samples": 16, "local-epochs": DEVICE_EPOCHS, "batch-size": 32})
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> Path:
         store = ModelStore(work / "store")
         train_zoo(store, TASK, args.quick)
         records = _run(store, work, data, "fedavg", plan, rounds)
+        # real SuperLink and SuperNodes on loopback: what a round costs when every message starts a ClientApp process
+        deployed = [] if args.quick else _run(store, work, data, "deployment", dataclasses.replace(plan, devices=2),
+                                              3, engine="deployment", min_nodes=2)
         audited = _run(store, work, data, "audit-10pct", dataclasses.replace(plan, audit_rate=0.10), min(10, rounds))
         central = centralized(store, work, data, rounds * DEVICE_EPOCHS)
         dp_rounds = max(1, rounds // 2)
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> Path:
                           "training_median": float(np.median([r.details["train_seconds"] for r in timed])),
                           "flower_median": float(np.median([r.details["flower_seconds"] for r in timed])),
                           "first_round": timed[0].seconds if timed else 0.0},
+        "deployment_round_seconds": {
+            "devices": 2, "median": float(np.median([r.seconds for r in deployed[1:]])) if deployed else None,
+            "training_median": float(np.median([r.details["train_seconds"] for r in deployed[1:]])) if deployed else None,
+            "flower_median": float(np.median([r.details["flower_seconds"] for r in deployed[1:]])) if deployed else None},
         "bytes_per_client_per_round": {"down": timed[0].details["bytes_down_per_client"] if timed else 0.0,
                                        "up": timed[0].details["bytes_up_per_client"] if timed else 0.0},
         "audit_10pct": {"accuracy": [r.accuracy for r in audited], "offload_needed": [r.offload_rate for r in audited],

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from agent.config.problems import ConfigError
 from agent.config.secrets import password_from
+from agent.exit_codes import ExitCode
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, TlsFiles
+from cloud.registry import Registry, RegistryUnavailable, default_registry, existing_registry
 from cloud.store import default_store_root
 
 
@@ -33,6 +36,25 @@ def add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default=None, metavar="URL",
                         help="registry: a SQLite file path, sqlite:///path or postgresql://user@host/db"
                         " (default: $FEDGE_REGISTRY or ./var/registry.db)")
+
+
+def existing_registry_or_exit(command: str, url: str | None, missing: str = "") -> Registry | ExitCode:
+    """The registry ``--registry`` names, for a command that only reads it; else the exit code, having said why.
+
+    A registry nobody created yet is not made by looking (``missing`` says what that means for ``command``).
+    """
+    try:
+        registry = existing_registry(url)
+    except ValueError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except RegistryUnavailable as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    if registry is None:
+        print(f"{command}: no registry at {url or default_registry()}{missing}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    return registry
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent import process_tree
 from agent.agent import Agent
-from agent.federated.processes import descendants
 from agent.model_store import ModelStore
+from agent.process_tree import descendants
 from agent.protocol import Topics
 from agent.samples import SampleStore
 from cloud.federated.fleet_data import FleetPlan, build_fleet, dirichlet_partition
@@ -194,7 +195,7 @@ def test_fl_serve_with_real_supernodes_survives_a_killed_node_and_a_superlink_re
     nodes = [node(0), node(1)]
     try:
         assert eventually(lambda: any(_clientapp_running(n) for n in nodes), 120), "no node ever trained"
-        processes.stop(nodes[1])  # SIGTERM mid-round: the SuperLink answers for it at once
+        process_tree.stop(nodes[1])  # SIGTERM mid-round: the SuperLink answers for it at once
         assert eventually(lambda: len(recorded()) >= 2, 120), recorded()
         first = recorded()[1]  # the killed node's message came back as an error: the round went on without it
         assert (first.participants, first.dropped) == (1, 1) and first.accuracy is not None, first
@@ -206,7 +207,7 @@ def test_fl_serve_with_real_supernodes_survives_a_killed_node_and_a_superlink_re
         assert eventually(lambda: serve.poll() is not None, 240), "fl serve never finished"
     finally:
         for n in nodes:
-            processes.stop(n)
+            process_tree.stop(n)
         out = _stop(serve)
     rounds = recorded()
     assert serve.returncode == 0, out[-3000:]
@@ -277,8 +278,8 @@ def test_fl_serve_over_tls_admits_a_registered_supernode_and_refuses_a_stranger(
         assert stranger.wait(120) != 0, "an unregistered SuperNode was let in"
         assert eventually(lambda: serve.poll() is not None, 240), "fl serve never finished"
     finally:
-        processes.stop(node)
-        processes.stop(stranger)
+        process_tree.stop(node)
+        process_tree.stop(stranger)
         out = _stop(serve)
     assert serve.returncode == 0, out[-3000:]
     with open_registry(registry) as r:

@@ -20,6 +20,7 @@ from subprocess import Popen
 
 import paho.mqtt.client as mqtt
 
+from agent import process_tree
 from agent.federated import processes
 from agent.profile.schema import Profile
 from agent.protocol import ProtocolError
@@ -129,7 +130,7 @@ class SuperNode:
     def _stop_process(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
-            processes.stop(process)  # running until it is gone
+            process_tree.stop(process)  # running until it is gone
             log.info("training window %s closed: stopped the Flower SuperNode (pid %s)", self.window.run or "-",
                      process.pid)
         self._process = None

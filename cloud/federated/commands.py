@@ -20,8 +20,15 @@ from agent.mqtt_client import BrokerConnectError
 from agent.protocol import DEFAULT_PREFIX, Topics
 from cloud.federated.settings import STRATEGIES, FederatedSettings
 from cloud.federated.table import HEADER, row, table
-from cloud.options import add_broker_options, add_registry_option, add_store_option, broker_settings, store_of
-from cloud.registry import RegistryUnavailable, RoundRecord, default_registry, existing_registry
+from cloud.options import (
+    add_broker_options,
+    add_registry_option,
+    add_store_option,
+    broker_settings,
+    existing_registry_or_exit,
+    store_of,
+)
+from cloud.registry import RegistryUnavailable, RoundRecord, default_registry
 from cloud.zoo.tasks import TASKS
 
 DEFAULT_STATE = Path("var/federated")
@@ -343,17 +350,9 @@ def _add_status(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_status(args: argparse.Namespace) -> int:
-    try:
-        registry = existing_registry(args.registry)
-    except ValueError as exc:
-        print(f"fedge-cloud fl status: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except RegistryUnavailable as exc:
-        print(f"fedge-cloud fl status: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
-    if registry is None:
-        print(f"fedge-cloud fl status: no registry at {args.registry or default_registry()}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    registry = existing_registry_or_exit("fedge-cloud fl status", args.registry)
+    if isinstance(registry, ExitCode):
+        return registry
     with registry:
         every = registry.rounds()
         run = args.run_id or (every[-1].run if every else None)

@@ -25,11 +25,12 @@ import numpy as np
 from agent.agent import Agent
 from agent.model_store import ModelStore
 from agent.profile import load_profile
-from agent.protocol import InferRequest, ProtocolError, Source, Topics
+from agent.protocol import Topics
 from cloud.federated.fleet_data import FleetPlan, dirichlet_partition, stream_pool
 from cloud.federated.serve import serve
 from cloud.federated.settings import FederatedSettings
 from cloud.federated.superlink import SuperLink
+from cloud.local.agents import Tally, local_overrides, stream
 from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import RoundRecord, open_registry
 from cloud.releases.keys import init_keys
@@ -55,23 +56,11 @@ class LoopPlan:
 
 
 @dataclass
-class PhaseTally:
-    """What the fleet did in one streaming phase."""
+class PhaseTally(Tally):
+    """What the fleet answered in one streaming phase, and the edge version each device ran at its end."""
 
-    phase: int
-    requests: int = 0
-    offloaded: int = 0
-    correct: int = 0
-    errors: int = 0
-    versions: dict[str, str] = field(default_factory=dict)  # device -> edge version it ran at the end
-
-    @property
-    def offload_rate(self) -> float:
-        return self.offloaded / max(1, self.requests)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / max(1, self.requests)
+    phase: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +71,9 @@ class LoopReport:
 
     def as_dict(self) -> dict[str, object]:
         return {"plan": asdict(self.plan),
-                "phases": [{**asdict(p), "offload_rate": p.offload_rate, "accuracy": p.accuracy} for p in self.phases],
+                "phases": [{"phase": p.phase, "requests": p.requests, "errors": p.errors, "degraded": p.degraded,
+                            "offload_rate": p.offload_rate, "accuracy": p.accuracy, "versions": p.versions}
+                           for p in self.phases],
                 "rounds": [asdict(r) for r in self.rounds]}
 
 
@@ -108,10 +99,7 @@ def _agent(store: ModelStore, work: Path, device: int, broker: Mosquitto, superl
     own = state / "models" / task / serving.manifest.name / str(serving.manifest.version)
     if not own.exists():
         shutil.copytree(serving.directory, own)
-    env = {"FEDGE__DEVICE__ID": f"loop-{device}", "FEDGE__BROKER__HOST": broker.host,
-           "FEDGE__BROKER__PORT": str(broker.port), "FEDGE__BROKER__TLS": "null", "FEDGE__BROKER__USERNAME": "null",
-           "FEDGE__BROKER__PASSWORD_FILE": "null", "FEDGE__BROKER__PASSWORD_ENV": "null",
-           "FEDGE__STORAGE__DIRECTORY": str(state), "FEDGE__API__ENABLED": "false",
+    env = {**local_overrides(broker, state), "FEDGE__DEVICE__ID": f"loop-{device}", "FEDGE__API__ENABLED": "false",
            "FEDGE__METRICS__HEARTBEAT_INTERVAL_S": "1", "FEDGE__FEDERATED__ENABLED": "true",
            "FEDGE__FEDERATED__SERVER_ADDRESS": f"127.0.0.1:{superlink_port}",
            "FEDGE__FEDERATED__CLIENTAPP_PORT": str(free_port()), "FEDGE__FEDERATED__MIN_SAMPLES": "16",
@@ -124,27 +112,18 @@ def _agent(store: ModelStore, work: Path, device: int, broker: Mosquitto, superl
 
 def _stream(agents: list[Agent], task: str, x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
             tally: PhaseTally) -> None:
-    """Each agent answers its own inputs, from a thread of its own, as its callers would."""
-    lock = threading.Lock()
-
-    def run(agent: Agent, rows: np.ndarray) -> None:
-        for row in rows:
-            try:
-                reply = agent.infer(InferRequest(task, {"input": x[row:row + 1]}))
-            except ProtocolError:
-                with lock:
-                    tally.errors += 1
-                continue
-            with lock:
-                tally.requests += 1
-                tally.offloaded += reply.source is not Source.EDGE
-                tally.correct += int(reply.outputs["probabilities"].argmax() == y[row])
-
-    threads = [threading.Thread(target=run, args=(a, p)) for a, p in zip(agents, parts, strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    """Each agent answers its own inputs (from threads of its own, as its callers would), all at once."""
+    tallies = [Tally() for _ in agents]
+    threads = [threading.Thread(target=stream, args=(a, task, x[p], y[p], t))
+               for a, p, t in zip(agents, parts, tallies, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for one in tallies:
+        tally.requests, tally.errors = tally.requests + one.requests, tally.errors + one.errors
+        tally.offloaded, tally.correct = tally.offloaded + one.offloaded, tally.correct + one.correct
+        tally.degraded += one.degraded
     tally.versions = {a.device_id: a.local_model(task).version for a in agents}
 
 
@@ -183,7 +162,7 @@ def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[st
                     serve(settings, SuperLink(work / "superlink", port, host="127.0.0.1"), broker.settings, Topics(),
                           lambda r: say(f"  round {r.round}: {r.participants} devices, accuracy {r.accuracy:.1%},"
                                         f" offload needed {r.offload_rate:.1%}{'; ' + r.release if r.release else ''}"))
-                tally = PhaseTally(phase)
+                tally = PhaseTally(phase=phase)
                 rows = [p[phase * plan.inputs_per_phase:(phase + 1) * plan.inputs_per_phase] for p in partitions]
                 _stream(agents, task, x, y, rows, tally)
                 phases.append(tally)

@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
+from agent import process_tree
 from agent.federated import processes
 from agent.federated.client_app import train_with
 from agent.model_store import ModelStore
@@ -151,5 +152,5 @@ def run_on_loopback(settings: FederatedSettings, devices: list[DeviceData], node
         serve(settings, link, None, Topics(), report)
     finally:
         for process in nodes:
-            processes.stop(process)
+            process_tree.stop(process)
         link.stop()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import process_tree
 from agent.federated import processes
 from cloud.federated.settings import FederatedSettings
 
@@ -131,7 +132,7 @@ class SuperLink:
 
     def stop(self) -> None:
         if self._process is not None:
-            processes.stop(self._process)
+            process_tree.stop(self._process)
         self._process = None
 
     def log_tail(self, lines: int = 15) -> str:

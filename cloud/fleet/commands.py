@@ -25,8 +25,8 @@ from agent.protocol import DEFAULT_PREFIX
 from cloud.client_ids import client_id
 from cloud.fleet.access import load_fleet, write_access_files
 from cloud.fleet.devices import DeviceListener
-from cloud.options import add_broker_options, add_registry_option, broker_settings
-from cloud.registry import DeviceRecord, RegistryUnavailable, default_registry, existing_registry, open_registry
+from cloud.options import add_broker_options, add_registry_option, broker_settings, existing_registry_or_exit
+from cloud.registry import DeviceRecord, RegistryUnavailable, open_registry
 
 
 def add_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,18 +85,10 @@ def run_devices(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("fedge-cloud devices: --limit must be at least 1", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    try:
-        registry = existing_registry(args.registry)
-    except ValueError as exc:
-        print(f"fedge-cloud devices: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except RegistryUnavailable as exc:
-        print(f"fedge-cloud devices: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
-    if registry is None:
-        print(f"fedge-cloud devices: no registry at {args.registry or default_registry()} yet: no device has"
-              " reported to a coordinator using it", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    registry = existing_registry_or_exit("fedge-cloud devices", args.registry,
+                                         " yet: no device has reported to a coordinator using it")
+    if isinstance(registry, ExitCode):
+        return registry
     with registry:
         if args.history is not None:
             history = registry.device_history(args.history, args.limit)

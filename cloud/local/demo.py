@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from agent.agent import Agent
 from agent.exit_codes import ExitCode
 from agent.model_store import ModelStore
 from agent.profile import load_profile
-from agent.protocol import InferReply, InferRequest, ProtocolError, Source
+from cloud.local.agents import Tally, local_overrides, stream
 from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import WorkerSettings
@@ -35,29 +34,6 @@ from cloud.zoo.tasks import DataOptions, get_task
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = ("raspberry-pi-4", "x86-gateway")
 TASKS = ("mnist1d", "digits")
-
-
-@dataclass
-class Tally:
-    """What one agent did for one task."""
-
-    requests: int = 0
-    errors: int = 0
-    offloaded: int = 0
-    degraded: int = 0
-    correct: int = 0
-    local_ms: list[float] = field(default_factory=list)
-    cloud_ms: list[float] = field(default_factory=list)
-
-    def add(self, reply: InferReply, label: int, elapsed_ms: float) -> None:
-        self.requests += 1
-        self.correct += int(reply.outputs["probabilities"].argmax() == label)
-        self.degraded += int(reply.degraded)
-        if reply.source is Source.EDGE:
-            self.local_ms.append(elapsed_ms)
-        else:
-            self.offloaded += 1
-            self.cloud_ms.append(elapsed_ms)
 
 
 def _ensure_models(store: ModelStore, quick: bool) -> None:
@@ -72,33 +48,9 @@ def _ensure_models(store: ModelStore, quick: bool) -> None:
 
 
 def _agent(profile: str, broker: Mosquitto, store: ModelStore, state: Path) -> Agent:
-    env = {"FEDGE__BROKER__HOST": broker.host, "FEDGE__BROKER__PORT": str(broker.port), "FEDGE__BROKER__TLS": "null",
-           "FEDGE__BROKER__USERNAME": "null", "FEDGE__BROKER__PASSWORD_FILE": "null",
-           "FEDGE__BROKER__PASSWORD_ENV": "null", "FEDGE__STORAGE__DIRECTORY": str(state / profile),
-           "FEDGE__API__HOST": "127.0.0.1", "FEDGE__API__PORT": str(free_port())}
+    env = {**local_overrides(broker, state / profile), "FEDGE__API__HOST": "127.0.0.1",
+           "FEDGE__API__PORT": str(free_port())}
     return Agent(load_profile(str(REPO / "edge_profiles" / f"{profile}.yaml"), env), store_root=store.root).start()
-
-
-def _stream(agent: Agent, task: str, x: np.ndarray, y: np.ndarray, tally: Tally, callers: int = 4) -> None:
-    lock = threading.Lock()
-
-    def caller(k: int) -> None:
-        for i in range(k, len(x), callers):
-            started = time.perf_counter()
-            try:
-                reply = agent.infer(InferRequest(task, {"input": x[i:i + 1]}))
-            except ProtocolError:
-                with lock:
-                    tally.errors += 1
-                continue
-            with lock:
-                tally.add(reply, int(y[i]), (time.perf_counter() - started) * 1000)
-
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def _pct(values: list[float], q: float) -> str:
@@ -150,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 x, y = data.x_test[:n], data.y_test[:n]
                 for profile, agent in zip(PROFILES, agents, strict=True):
                     results[(profile, task)] = tally = Tally()
-                    _stream(agent, task, x, y, tally)
+                    stream(agent, task, x, y, tally)
         finally:
             for agent in agents:
                 agent.stop()
@@ -160,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(results))
     print()
     print("latencies in ms, end to end through Agent.infer; 'offload' is the share answered by the cloud.")
-    print("Not in this demo yet: federated fine-tuning rounds (Flower), signed rollouts, a dashboard.")
+    print("Federated rounds with signed rollouts run in: fedge-cloud fl loop. Not in this demo yet: a dashboard.")
     lost = sum(t.errors for t in results.values())
     return ExitCode.OK if lost == 0 and statistics.fmean(t.requests for t in results.values()) > 0 else ExitCode.FAILURE
 
