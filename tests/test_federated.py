@@ -165,26 +165,41 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return out
 
 
-def test_fl_serve_with_real_supernodes_survives_a_killed_node_and_a_superlink_restart(
+def test_fl_serve_over_tls_survives_a_killed_node_and_a_superlink_restart_and_refuses_a_stranger(
         zoo: Path, tmp_path: Path) -> None:
-    """Deployment engine on loopback: a SuperNode killed mid-round and restarted, then the SuperLink killed."""
-    from agent.federated import processes
+    """Deployment engine on loopback, TLS only, node authentication; each device's argv comes from its profile.
 
-    plan = FleetPlan(devices=2, samples_per_device=400)
-    devices = build_fleet(ModelStore(zoo), "mnist1d", "mnist1d-edge", plan, tmp_path / "fleet",
-                          DataOptions(train_size=TRAIN_SIZE, test_size=TEST_SIZE))
+    A registered SuperNode is killed mid-round and restarted, the SuperLink is killed between rounds (fl serve
+    starts it again and the run resumes), and a SuperNode whose key nobody registered is refused.
+    """
+    from agent.federated import processes
+    from agent.federated.supernode import supernode_argv
+    from cloud.federated.node_keys import write_node_key
+    from tests.tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    keys = [write_node_key(tmp_path / "keys", f"dev-{i}") for i in range(2)]
+    stranger_key, _ = write_node_key(tmp_path / "keys", "stranger")
+    devices = build_fleet(ModelStore(zoo), "mnist1d", "mnist1d-edge", FleetPlan(devices=2, samples_per_device=400),
+                          tmp_path / "fleet", DataOptions(train_size=TRAIN_SIZE, test_size=TEST_SIZE))
     port, registry = free_port(), tmp_path / "registry.db"
     serve = subprocess.Popen(
         [FEDGE_CLOUD, "fl", "serve", "--no-broker", "--store", str(zoo), "--registry", str(registry), "--run", "dep",
          "--rounds", "3", "--min-nodes", "2", "--round-timeout", "90", "--port", str(port), "--host", "127.0.0.1",
-         "--state-dir", str(tmp_path / "fl")],
+         "--state-dir", str(tmp_path / "fl"), "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile",
+         str(certs.server_key), "--ssl-ca", str(certs.ca_file), "--enable-supernode-auth",
+         "--node-keys", *(str(public) for _, public in keys)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    def argv(i: int, key: Path) -> list[str]:
+        federated = {"enabled": True, "server_address": f"127.0.0.1:{port}", "clientapp_port": free_port(),
+                     "root_certificates": str(certs.ca_file), "auth_key_file": str(key), "min_samples": 32}
+        line = supernode_argv(make_profile(tmp_path / f"dev-{i}", None, federated=federated), devices[i % 2].store)
+        assert "--insecure" not in line and "--root-certificates" in line
+        return line
+
     def node(i: int) -> subprocess.Popen[bytes]:
-        config = f'store-path="{devices[i].store}" device-id="dev-{i}" min-samples=32 local-epochs=1 batch-size=32'
-        return processes.start([processes.flower_command("flower-supernode"), "--insecure", "--superlink",
-                                f"127.0.0.1:{port}", "--port", str(free_port()), "--node-config", config],
-                               tmp_path / f"node-{i}.log")
+        return processes.start(argv(i, keys[i][0]), tmp_path / f"node-{i}.log")
 
     def recorded() -> list[RoundRecord]:
         if not registry.exists():
@@ -192,8 +207,12 @@ def test_fl_serve_with_real_supernodes_survives_a_killed_node_and_a_superlink_re
         with open_registry(registry) as r:
             return r.rounds("dep")
 
+    link_log = tmp_path / "fl" / "superlink.log"  # fl serve registers the keys, then submits the run: wait for both
+    assert eventually(lambda: link_log.is_file() and "Created run" in link_log.read_text(errors="replace"), 120)
     nodes = [node(0), node(1)]
+    stranger = processes.start(argv(2, stranger_key), tmp_path / "stranger.log")
     try:
+        assert stranger.wait(120) != 0, "an unregistered SuperNode was let in"
         assert eventually(lambda: any(_clientapp_running(n) for n in nodes), 120), "no node ever trained"
         process_tree.stop(nodes[1])  # SIGTERM mid-round: the SuperLink answers for it at once
         assert eventually(lambda: len(recorded()) >= 2, 120), recorded()
@@ -206,7 +225,7 @@ def test_fl_serve_with_real_supernodes_survives_a_killed_node_and_a_superlink_re
         os.kill(superlink, signal.SIGKILL)  # between rounds: fl serve starts it again and the run resumes
         assert eventually(lambda: serve.poll() is not None, 240), "fl serve never finished"
     finally:
-        for n in nodes:
+        for n in (*nodes, stranger):
             process_tree.stop(n)
         out = _stop(serve)
     rounds = recorded()
@@ -243,48 +262,6 @@ def test_fl_status_prints_the_round_table_from_the_registry(tmp_path: Path) -> N
     missing = subprocess.run([FEDGE_CLOUD, "fl", "status", "--registry", str(tmp_path / "none.db")],
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 3 and "no registry" in missing.stderr
-
-
-def test_fl_serve_over_tls_admits_a_registered_supernode_and_refuses_a_stranger(zoo: Path, tmp_path: Path) -> None:
-    """The SuperLink serves TLS only, with node authentication; the device's argv comes from its profile."""
-    from agent.federated import processes
-    from agent.federated.supernode import supernode_argv
-    from cloud.federated.node_keys import write_node_key
-    from tests.tls_certs import make_certs
-
-    certs = make_certs(tmp_path / "certs")
-    _, public = write_node_key(tmp_path / "keys", "test-dev")
-    stranger_key, _ = write_node_key(tmp_path / "keys", "stranger")
-    devices = build_fleet(ModelStore(zoo), "mnist1d", "mnist1d-edge", FleetPlan(devices=1, samples_per_device=300),
-                          tmp_path / "fleet", DataOptions(train_size=TRAIN_SIZE, test_size=TEST_SIZE))
-    port, registry = free_port(), tmp_path / "registry.db"
-    serve = subprocess.Popen(
-        [FEDGE_CLOUD, "fl", "serve", "--no-broker", "--store", str(zoo), "--registry", str(registry), "--run", "tls",
-         "--rounds", "1", "--min-nodes", "1", "--round-timeout", "90", "--port", str(port), "--host", "127.0.0.1",
-         "--state-dir", str(tmp_path / "fl"), "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile",
-         str(certs.server_key), "--ssl-ca", str(certs.ca_file), "--enable-supernode-auth", "--node-keys", str(public)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    federated = {"enabled": True, "server_address": f"127.0.0.1:{port}", "clientapp_port": free_port(),
-                 "root_certificates": str(certs.ca_file), "auth_key_file": str(tmp_path / "keys" / "test-dev.key"),
-                 "min_samples": 16}
-    profile = make_profile(tmp_path, None, federated=federated)
-    argv = supernode_argv(profile, devices[0].store)
-    assert "--insecure" not in argv and "--auth-supernode-private-key" in argv
-    stranger_argv = [*argv[:argv.index("--auth-supernode-private-key") + 1], str(stranger_key)]
-    stranger_argv[stranger_argv.index("--port") + 1] = str(free_port())
-    node = processes.start(argv, tmp_path / "node.log")
-    stranger = processes.start(stranger_argv, tmp_path / "stranger.log")
-    try:
-        assert stranger.wait(120) != 0, "an unregistered SuperNode was let in"
-        assert eventually(lambda: serve.poll() is not None, 240), "fl serve never finished"
-    finally:
-        process_tree.stop(node)
-        process_tree.stop(stranger)
-        out = _stop(serve)
-    assert serve.returncode == 0, out[-3000:]
-    with open_registry(registry) as r:
-        rounds = r.rounds("tls")
-    assert [(x.round, x.participants) for x in rounds] == [(0, 0), (1, 1)], out[-2000:]
 
 
 def test_a_release_is_published_and_signed_only_when_it_beats_the_serving_model(zoo: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ profile asks of training (agent/federated/client_app.py reads it).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from agent.protocol import ProtocolError
 from agent.protocol.window import TrainingWindow, decode_window
 
 log = logging.getLogger(__name__)
+CHECK_S = 30.0
 
 
 def node_config(profile: Profile, store_path: Path) -> str:
@@ -105,8 +107,9 @@ class SuperNode:
     def _loop(self) -> None:
         while True:
             with self._changed:
-                timeout = None if self.window.until is None or not self.running else \
-                    max(0.0, self.window.until - time.time())
+                # while a window is open, look again at its end, and every CHECK_S for a SuperNode that died
+                timeout = None if not self.window.is_open() else \
+                    min(CHECK_S, max(0.0, (self.window.until or math.inf) - time.time()))
                 if self._latest is None and not self._stopping:
                     self._changed.wait(timeout)
                 latest, self._latest, stopping = self._latest, None, self._stopping
@@ -123,6 +126,9 @@ class SuperNode:
     def _start_process(self) -> None:
         if self.running:
             return
+        if self._process is not None:
+            log.warning("the Flower SuperNode exited with %s while the window is open; starting it again (log %s)",
+                        self._process.returncode, self.log_file)
         self._process = processes.start(self.argv, self.log_file)
         log.info("training window %s open: started the Flower SuperNode (pid %s, log %s)", self.window.run or "-",
                  self._process.pid, self.log_file)
