@@ -108,6 +108,10 @@ def test_reply_without_correlation_still_encodes_and_goes_to_default_topic() -> 
     with_topic = props_with()
     with_topic.ResponseTopic = "fedge/v1/device/a/reply"
     assert reply_topic(with_topic, "x") == "fedge/v1/device/a/reply"
+    for hostile in ("a/+/b", "a/#", "$SYS/x", "a\0b"):
+        with_topic.ResponseTopic = hostile
+        assert reply_topic(with_topic, "x") is None, hostile  # no reply may go there, and none to the default
+    assert reply_topic(props_with(), None) is None
 
 
 def test_oip_json_body_from_a_generic_client() -> None:

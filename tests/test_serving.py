@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -148,6 +149,43 @@ def test_a_thousand_malformed_requests_get_a_thousand_error_replies(worker: Work
     x, _ = sample_inputs(1)
     payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic="test/replies")
     assert isinstance(_ask(broker, payload, props), InferReply)  # still serving
+
+
+def test_a_request_on_an_empty_task_level_gets_its_error_reply(worker: Worker, broker: Mosquitto) -> None:
+    """``fedge/v1/infer/`` names no task: the error goes to the Response Topic the request gave."""
+    with client(broker, "empty-task") as asker:
+        inbox = Inbox(asker)
+        subscribe(asker, "test/empty")
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic, props.CorrelationData = "test/empty", b"e1"
+        asker.publish(f"{TOPICS.prefix}/infer/", b"{}", qos=1, properties=props)
+        msg = inbox.get(timeout=10)
+    reply = decode_reply(msg.payload, msg.properties)
+    assert isinstance(reply, ErrorReply) and reply.code is ErrorCode.BAD_REQUEST and "names no task" in reply.message
+    assert msg.properties.CorrelationData == b"e1"
+
+
+def test_hostile_response_topics_are_logged_in_one_line_and_dropped(worker: Worker, broker: Mosquitto,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="cloud.serving.worker")
+    x, _ = sample_inputs(1)
+    hostile = ["test/+/reply", "test/#", "$SYS/broker/fake"]
+    with client(broker, "hostile") as asker:
+        inbox = Inbox(asker)
+        subscribe(asker, "test/#")
+        for topic in hostile:
+            payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic=topic)
+            asker.publish(TOPICS.infer("mnist1d"), payload, qos=1, properties=props)
+        payload, props = encode_request(InferRequest("mnist1d", {"input": x}), response_topic="test/fine")
+        asker.publish(TOPICS.infer("mnist1d"), payload, qos=1, properties=props)
+        answered = inbox.get(timeout=10)  # the good request after them is answered, on its topic
+        assert answered.topic == "test/fine" and isinstance(decode_reply(answered.payload, answered.properties),
+                                                            InferReply)
+        with pytest.raises(queue.Empty):
+            inbox.get(timeout=0.5)  # and nothing was published anywhere else
+    dropped = [r for r in caplog.records if "dropped a request" in r.getMessage()]
+    assert len(dropped) == len(hostile) and all(r.exc_info is None for r in caplog.records)
+    assert worker.stats.errors == len(hostile)
 
 
 class _FaultyWorker(Worker):

@@ -12,6 +12,7 @@ from agent.protocol.codec import (
     encode_reply,
     encode_request,
     reply_topic,
+    unanswerable,
 )
 from agent.protocol.dtypes import SUPPORTED as SUPPORTED_DTYPES
 from agent.protocol.errors import ErrorCode, ProtocolError
@@ -57,4 +58,5 @@ __all__ = [
     "encode_request",
     "new_request_id",
     "reply_topic",
+    "unanswerable",
 ]

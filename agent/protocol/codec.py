@@ -26,6 +26,7 @@ from agent.protocol.messages import (
     Source,
 )
 from agent.protocol.properties import WireProperties
+from agent.protocol.topics import publishable
 
 CONTENT_TYPE_TENSORS = "application/x-fedge-tensors"
 CONTENT_TYPE_JSON = "application/json"
@@ -301,7 +302,20 @@ def decode_reply(
     )
 
 
-def reply_topic(request_props: Properties | None, default: str) -> str:
-    """The request's Response Topic, or ``default`` when it names none."""
+def unanswerable(request_props: Properties | None) -> str:
+    """Why a request that ``reply_topic`` found no topic for cannot be answered, for one log line."""
     topic = getattr(request_props, "ResponseTopic", None) if request_props is not None else None
-    return topic if isinstance(topic, str) and topic else default
+    if isinstance(topic, str) and topic:
+        return f"its Response Topic {topic[:80]!r} is no topic a reply may be published to"
+    return "it names no task and no Response Topic, so there is nowhere to reply"
+
+
+def reply_topic(request_props: Properties | None, default: str | None) -> str | None:
+    """Where a reply goes: the request's Response Topic, else ``default`` (None: nowhere).
+
+    A Response Topic no reply may be published to (a wildcard, ``$SYS/...``, a NUL) is nowhere too.
+    """
+    topic = getattr(request_props, "ResponseTopic", None) if request_props is not None else None
+    if isinstance(topic, str) and topic:
+        return topic if publishable(topic) else None
+    return default

@@ -17,6 +17,16 @@ def check_segment(value: str, what: str) -> str:
     return value
 
 
+def publishable(topic: str) -> bool:
+    """Whether a client may publish to ``topic``: not empty, no wildcard, no NUL, not a ``$`` (broker) topic.
+
+    A request's Response Topic is the requester's to choose; one that breaks these rules is
+    no place to send a reply (and ``$SYS/...`` is the broker's own).
+    """
+    return bool(topic) and not topic.startswith("$") and not any(c in topic for c in "+#\0") and \
+        len(topic.encode("utf-8", "surrogatepass")) <= 65535
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topic names under ``prefix`` (e.g. ``fedge/v1``)."""

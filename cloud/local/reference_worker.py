@@ -85,5 +85,8 @@ class ReferenceWorker:
         except ProtocolError as exc:
             reply = ErrorReply(exc.code, exc.message)
         self.served += 1
+        topic = reply_topic(msg.properties, self.topics.default_reply(task) if task else None)
+        if topic is None:
+            return  # nowhere a reply may go (see unanswerable): the reference drops it, as the workers do
         payload, props = encode_reply(reply, kind, msg.properties)
-        c.publish(reply_topic(msg.properties, self.topics.default_reply(task)), payload, qos=1, properties=props)
+        c.publish(topic, payload, qos=1, properties=props)

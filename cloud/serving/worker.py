@@ -44,6 +44,7 @@ from agent.protocol import (
     decode_request,
     encode_reply,
     reply_topic,
+    unanswerable,
 )
 from agent.protocol.tensors import require_finite
 from cloud.registry import open_registry
@@ -165,9 +166,17 @@ class Worker:
         target: tuple[str, Properties | None] | None = None
         request: InferRequest | None = None
         try:
-            task = self.topics.task_of(msg.topic) or ""
-            target = (reply_topic(msg.properties, self.topics.default_reply(task)), msg.properties)
+            task = self.topics.task_of(msg.topic)
+            topic = reply_topic(msg.properties, self.topics.default_reply(task) if task else None)
+            if topic is None:  # one line, no traceback: the requester gave nowhere a reply may go
+                self.stats.count("errors")
+                log.warning("dropped a request on %s: %s", msg.topic, unanswerable(msg.properties))
+                return
+            target = (topic, msg.properties)
             try:
+                if not task:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, f"the request's topic {msg.topic!r} names no task:"
+                                                               f" publish to {self.topics.infer('<task>')}")
                 request = decode_request(task, msg.payload, msg.properties)
                 model = self._choose(request)
             except ProtocolError as exc:
