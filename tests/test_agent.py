@@ -547,3 +547,10 @@ def test_http_api_sets_tcp_nodelay_on_every_accepted_connection(zoo: Path) -> No
                 assert caller.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the option was not a default
         finally:
             server.server_close()
+
+
+def test_a_task_without_an_offload_policy_takes_the_profiles_default_queue_bound(zoo: Path) -> None:
+    from agent.profile.offload import PolicyBase
+
+    with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
+        assert agent.local_model("mnist1d").batcher.max_queue_depth == PolicyBase.model_fields["max_queue_depth"].default

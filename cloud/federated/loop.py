@@ -27,6 +27,7 @@ from agent.model_store import ModelStore
 from agent.profile import load_profile
 from agent.protocol import Topics
 from cloud.federated.fleet_data import FleetPlan, dirichlet_partition, stream_pool
+from cloud.federated.rounds import current_release
 from cloud.federated.serve import serve
 from cloud.federated.settings import FederatedSettings
 from cloud.federated.superlink import SuperLink
@@ -162,6 +163,7 @@ def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[st
                     serve(settings, SuperLink(work / "superlink", port, host="127.0.0.1"), broker.settings, Topics(),
                           lambda r: say(f"  round {r.round}: {r.participants} devices, accuracy {r.accuracy:.1%},"
                                         f" offload needed {r.offload_rate:.1%}{'; ' + r.release if r.release else ''}"))
+                    _wait_for_release(agents, store, registry_url, task, say)
                 tally = PhaseTally(phase=phase)
                 rows = [p[phase * plan.inputs_per_phase:(phase + 1) * plan.inputs_per_phase] for p in partitions]
                 _stream(agents, task, x, y, rows, tally)
@@ -176,6 +178,22 @@ def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[st
     with open_registry(registry_url) as registry:
         rounds = registry.rounds(settings.run)
     return LoopReport(plan, phases, rounds)
+
+
+def _wait_for_release(agents: list[Agent], store: ModelStore, registry_url: str, task: str,
+                      say: Callable[[str], None], timeout: float = 60.0) -> None:
+    """Let every agent install the version the registry now serves, so the next phase measures it.
+
+    A promotion returns once the release is published; each agent downloads and swaps it in its own time.
+    """
+    with open_registry(registry_url) as registry:
+        version = current_release(store, registry, task, f"{task}-edge").manifest.version
+    deadline = time.monotonic() + timeout
+    while any(a.local_model(task).version != str(version) for a in agents):
+        if time.monotonic() > deadline:
+            say(f"  not every agent serves v{version} after {timeout:g} s; streaming anyway")
+            return
+        time.sleep(0.2)
 
 
 def _wait_for_cloud(agents: list[Agent], timeout: float = 60.0) -> None:

@@ -65,8 +65,9 @@ class ReferenceWorker:
         c, self._client = self._client, None
         if c is None:
             return
-        if c.is_connected():
-            c.publish(self.topics.cloud_status, b"", qos=1, retain=True).wait_for_publish(5)
+        cleared = c.publish(self.topics.cloud_status, b"", qos=1, retain=True)
+        if cleared.rc == mqtt.MQTT_ERR_SUCCESS:  # the broker may have gone between any check and this publish
+            cleared.wait_for_publish(5)
         c.disconnect()
         c.loop_stop()
 
