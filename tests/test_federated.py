@@ -289,7 +289,7 @@ def test_a_release_is_published_and_signed_only_when_it_beats_the_serving_model(
         same = build(arch)
         same.load_state_dict(checkpoint["state_dict"])
         outcome = release_aggregate(same.eval(), arch, serving, data, settings, store, registry, 5)
-        assert outcome.published is None and "is not above" in outcome.note  # no better than what serves
+        assert outcome.published is None and "beyond chance" in outcome.note  # no better than what serves
         impossible = release_aggregate(same.eval(), arch, serving, data, settings.replace(max_accuracy_drop=-5.0),
                                        store, registry, 5)
         assert impossible.published is None and "no variant within" in impossible.note
@@ -305,6 +305,19 @@ def test_a_release_is_published_and_signed_only_when_it_beats_the_serving_model(
     assert m.recipe is not None and m.recipe["federated"]["round"] == 10
     verify(m, load_public_key(public), "the released manifest")  # signed with the release key
     assert "signed (no --broker)" in released.note
+
+
+def test_a_release_must_beat_the_serving_model_by_more_than_chance() -> None:
+    from cloud.federated.evaluation import beats
+
+    def rows(gained: int, lost: int, both: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        new = np.array([True] * gained + [False] * lost + [True] * both)
+        return new, np.array([False] * gained + [True] * lost + [True] * both)
+
+    assert beats(*rows(0, 0)) == (False, 0, 0)  # the same answers: nothing gained
+    assert beats(*rows(1, 0))[0] is False  # one row is noise (half a point on 200 rows)
+    assert beats(*rows(10, 6))[0] is False  # four rows ahead of sixteen swapped: chance
+    assert beats(*rows(12, 1)) == (True, 12, 1)
 
 
 def _distil(model: object, store: ModelStore, data: object) -> None:

@@ -12,6 +12,7 @@ a smaller share.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,17 @@ def offload_needed(edge_probs: np.ndarray, cloud_probs: np.ndarray, y: np.ndarra
     correct = np.concatenate([[0], np.cumsum(cloud_right)]) + np.concatenate([np.cumsum(edge_right[::-1])[::-1], [0]])
     reached = np.flatnonzero(correct / len(y) >= goal)
     return float(reached[0] / len(y)) if len(reached) else 1.0
+
+
+def beats(new_right: np.ndarray, old_right: np.ndarray, z: float = 1.645) -> tuple[bool, int, int]:
+    """Whether a new model is right on more rows than chance explains: McNemar's test, one-sided, 5 %.
+
+    Only the rows the two disagree on count: ``gained`` only the new one gets right, ``lost`` only the
+    old one. On a few hundred rows one row is half a point, so "any higher accuracy" would publish
+    the noise of re-quantizing unchanged weights. Returns (better, gained, lost).
+    """
+    gained, lost = int((new_right & ~old_right).sum()), int((~new_right & old_right).sum())
+    return gained - lost > z * math.sqrt(gained + lost), gained, lost
 
 
 def edge_model(arch: str | dict[str, object], arrays: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -4,7 +4,8 @@ The fp32 aggregate is exported to ONNX and quantized by the compression
 pipeline's own variants (cloud/compress); variants more than the budget below
 the fp32 aggregate on the validation rows are out, and the fastest of the
 Pareto front is chosen, as ``fedge-cloud compress`` chooses. The choice is
-published only if it beats the current edge release on the same rows; then it
+published only if it beats the current edge release on the same rows by more
+than chance (McNemar's test on the rows they disagree on); then it
 is signed and, with a broker, rolled out through the canary and shadow gate of
 ``fedge-cloud rollout``. The reason for anything not published goes into the
 round's record.
@@ -31,7 +32,7 @@ from cloud.compress.measure import Measurement, measure
 from cloud.compress.recipe import Recipe
 from cloud.compress.search import choose, quantized_variants
 from cloud.export import export_onnx
-from cloud.federated.evaluation import HeldOut
+from cloud.federated.evaluation import HeldOut, beats
 from cloud.federated.settings import FederatedSettings
 from cloud.registry import ModelState, Registry
 from cloud.releases.channel import ReleaseChannel
@@ -69,12 +70,14 @@ def release_aggregate(model: torch.nn.Module, arch: ArchConfig, current: StoredM
         if chosen is None:
             return ReleaseOutcome(None, f"not published: no variant within {settings.max_accuracy_drop:g} points of"
                                         f" the fp32 aggregate on the validation rows")
-        serving = measure(current.model_path, (data.x_test, data.y_test), (data.x_val, data.y_val), repeats=10)
-        if chosen.measurement.validation_accuracy <= serving.validation_accuracy:
-            return ReleaseOutcome(None, f"not published: {chosen.name} {chosen.measurement.validation_accuracy:.2%}"
-                                        f" on validation is not above {current.manifest.name}"
-                                        f" v{current.manifest.version}'s {serving.validation_accuracy:.2%}")
         session_logits = _logits(chosen.path, data.x_val)
+        old_right = _logits(current.model_path, data.x_val).argmax(axis=1) == data.y_val
+        better, gained, lost = beats(session_logits.argmax(axis=1) == data.y_val, old_right)
+        if not better:
+            return ReleaseOutcome(None, f"not published: {chosen.name} {chosen.measurement.validation_accuracy:.2%}"
+                                        f" on validation against {current.manifest.name} v{current.manifest.version}'s"
+                                        f" {old_right.mean():.2%} (right on {gained} rows it misses, wrong on {lost} it"
+                                        " gets) is no gain beyond chance")
         m = chosen.measurement
         stored = publish(
             store, settings.task, settings.model_name, chosen.path,
