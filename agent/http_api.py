@@ -35,6 +35,9 @@ STATUS_OF = {
 }
 
 
+#: A refused body is read and dropped up to this size (so the client sees the answer), in at most this time.
+DISCARD_LIMIT, DISCARD_TIMEOUT_S = 64 << 20, 10.0
+
 #: The one method each endpoint takes (`_endpoint` names them; each is served by ``_Handler._<endpoint>``).
 ALLOWED = {"server": "GET", "live": "GET", "ready": "GET", "metrics": "GET", "model": "GET", "model_ready": "GET",
            "infer": "POST", "feedback": "POST"}
@@ -43,14 +46,24 @@ _FIXED = {("v2",): "server", ("v2", "health", "live"): "live", ("v2", "health", 
 _PER_MODEL = {"ready": "model_ready", "infer": "infer", "feedback": "feedback"}
 
 
-def _endpoint(path: str) -> tuple[str | None, str]:
-    """The endpoint a path names and the model name in it ("" where none); None for no endpoint."""
+def _endpoint(path: str) -> tuple[str | None, str, str | None]:
+    """The endpoint a path names, the model name in it ("" where none) and the version it asks for (None: any).
+
+    Per model: ``/v2/models/{name}[/versions/{version}][/ready|/infer|/feedback]``; None for no endpoint.
+    """
     parts = tuple(path.split("?", 1)[0].strip("/").split("/"))
     if parts in _FIXED:
-        return _FIXED[parts], ""
-    if len(parts) in (3, 4) and parts[:2] == ("v2", "models") and parts[2]:
-        return ("model" if len(parts) == 3 else _PER_MODEL.get(parts[3])), parts[2]
-    return None, ""
+        return _FIXED[parts], "", None
+    if len(parts) < 3 or parts[:2] != ("v2", "models") or not parts[2]:
+        return None, "", None
+    name, rest, version = parts[2], parts[3:], None
+    if rest[:1] == ("versions",):
+        if len(rest) < 2 or not rest[1]:
+            return None, "", None
+        version, rest = rest[1], rest[2:]
+    if not rest:
+        return "model", name, version
+    return (_PER_MODEL.get(rest[0]) if len(rest) == 1 else None), name, version
 
 
 @functools.cache
@@ -61,6 +74,16 @@ def server_metadata() -> dict[str, Any]:
     except metadata.PackageNotFoundError:  # run from a source tree
         version = "unknown"
     return {"name": "fedge-agent", "version": version, "extensions": []}
+
+
+def check_input_names(model: str, declared: list[str], sent: list[str]) -> None:
+    """OIP addresses inputs by name: a request must send exactly the inputs the model declares.
+
+    Strict, as Triton is, even for one input: a misnamed tensor is usually a request built for another model.
+    """
+    if sorted(sent) != sorted(declared):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"model {model!r} takes the input{'s' if len(declared) > 1 else ''}"
+                            f" {', '.join(map(repr, declared))}; the request sends {', '.join(map(repr, sent))}")
 
 
 class InferenceService(Protocol):
@@ -105,37 +128,93 @@ class _Handler(BaseHTTPRequestHandler):
                headers: dict[str, str] | None = None) -> None:
         self._json(status, {"error": message, "code": code.value}, headers)
 
-    def _body(self) -> bytes | None:
-        """The request body, or None after answering 411/413 (the body is never read past the limit)."""
+    def _declared_size(self) -> int | None:
+        """The body length the headers declare; None where they declare none (or nonsense)."""
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        return int(length) if length is not None and length.isdigit() else None
+
+    def _discard_body(self) -> None:
+        """Read and drop the body of a request refused before reading it, up to DISCARD_LIMIT bytes.
+
+        Closing a socket with unread bytes in it resets the connection, and a client still sending
+        (urllib, requests) then sees a broken pipe instead of the answer. Where the whole body was
+        read, the connection stays usable; otherwise it closes after the answer.
+        """
+        left = self._declared_size() or 0
+        if left > DISCARD_LIMIT:
+            self.close_connection = True
+            return
+        self.connection.settimeout(DISCARD_TIMEOUT_S)
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:  # a client that stalls mid-body
+            pass
+        self.connection.settimeout(self.timeout)
+        if left:
+            self.close_connection = True
+
+    def _over_limit(self, size: int | None) -> bool:
+        return size is not None and size > self.server.service.limits.max_payload_bytes
+
+    def _refuse_too_large(self, size: int) -> None:
+        limit = self.server.service.limits.max_payload_bytes
+        self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {size} bytes is over the {limit}-byte limit")
+
+    def handle_expect_100(self) -> bool:
+        """A client waiting for ``100 Continue`` hears 413 before it sends a body over the limit."""
+        size = self._declared_size()
+        if size is None or not self._over_limit(size):
+            return super().handle_expect_100()
+        self.close_connection = True  # the body it announced never comes, or comes unread
+        self._refuse_too_large(size)
+        return False
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering 411/413 (a body over the limit is dropped unparsed)."""
+        size = self._declared_size()
+        if size is None:
             self.close_connection = True  # where the body ends is unknown
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
             return None
-        size = int(length)
-        if size > self.server.service.limits.max_payload_bytes:
-            self.close_connection = True
-            self._error(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"body of {size} bytes is over the {self.server.service.limits.max_payload_bytes}-byte limit",
-            )
+        if self._over_limit(size):
+            self._discard_body()
+            self._refuse_too_large(size)
             return None
         return self.rfile.read(size)
 
     def _dispatch(self) -> None:
         """Route by path first, then method: a known path asked with the wrong method is 405, not 404."""
-        endpoint, name = _endpoint(self.path)
+        endpoint, name, version = _endpoint(self.path)
         if endpoint is None:
-            self.close_connection = True  # a body, if any, is left unread
+            self._discard_body()
             self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}", ErrorCode.NOT_FOUND)
             return
         allowed = ALLOWED[endpoint]
         if self.command != allowed:
-            self.close_connection = True
+            self._discard_body()
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.path} takes {allowed}, not {self.command}",
                         headers={"Allow": allowed})
             return
+        if version is not None and not self._serves_version(name, version):
+            return
         getattr(self, f"_{endpoint}")(name)
+
+    def _serves_version(self, name: str, version: str) -> bool:
+        """Whether ``version`` of ``name`` serves here; if not, answered 404 (with the version that does)."""
+        meta = self.server.service.model_metadata(name)
+        if meta is not None and version in meta["versions"]:
+            return True
+        self._discard_body()
+        if meta is None:
+            self._unknown_model(name)
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"model {name!r} serves version {', '.join(meta['versions'])} here,"
+                                              f" not {version!r}", ErrorCode.NOT_FOUND)
+        return False
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
@@ -171,31 +250,37 @@ class _Handler(BaseHTTPRequestHandler):
     def _unknown_model(self, name: str) -> None:
         self._error(HTTPStatus.NOT_FOUND, f"unknown model {name!r}", ErrorCode.UNKNOWN_TASK)
 
-    def _model_body(self, name: str) -> bytes | None:
-        """The body of a POST to a served model, or None after answering (411, 413 or 404)."""
+    def _model_body(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The body of a POST to a served model and the model's metadata, or None after answering (411, 413, 404)."""
         body = self._body()
-        if body is not None and self.server.service.model_metadata(name) is None:
+        if body is None:
+            return None
+        meta = self.server.service.model_metadata(name)
+        if meta is None:
             self._unknown_model(name)
             return None
-        return body
+        return body, meta
 
     def _infer(self, name: str) -> None:
-        body = self._model_body(name)
-        if body is None:
+        posted = self._model_body(name)
+        if posted is None:
             return
+        body, meta = posted
         service = self.server.service
         try:
             request = decode_request(name, body, None, service.limits)
+            check_input_names(name, [i["name"] for i in meta["inputs"]], list(request.inputs))
             reply = service.infer(request)
         except ProtocolError as exc:
             self._error(STATUS_OF[exc.code], exc.message, exc.code)
             return
-        self._json(HTTPStatus.OK, reply_document(reply))
+        self._json(HTTPStatus.OK, reply_document(reply, addressed=(name, meta["versions"][0])))
 
     def _feedback(self, name: str) -> None:
-        body = self._model_body(name)
-        if body is None:
+        posted = self._model_body(name)
+        if posted is None:
             return
+        body = posted[0]
         try:
             doc = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

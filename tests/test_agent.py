@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +23,6 @@ from paho.mqtt.properties import Properties
 
 from agent.agent import Agent
 from agent.confidence import confidence, softmax
-from agent.http_api import ApiServer
 from agent.model_store import ModelStore
 from agent.policy import OffloadBudget
 from agent.profile import parse_profile
@@ -34,6 +31,7 @@ from agent.runtime import check_precision
 from agent.session import open_session
 from cloud.local.mosquitto import Mosquitto, free_port
 from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
+from tests.http_support import http_call
 from tests.mqtt_helpers import Inbox, client, eventually, subscribe
 from tests.responder import responding
 
@@ -247,62 +245,6 @@ def test_budget_controller_holds_its_rate_on_a_drifting_mnist1d_stream(zoo: Path
     assert abs(decisions[2500:].mean() - 0.2) <= 0.02  # and after the drift too
 
 
-def _http(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-          ) -> tuple[int, dict[str, Any] | str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            status, text = resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        status, text = err.code, err.read().decode()
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
-
-
-def _oversize_status(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.putrequest("POST", "/v2/models/mnist1d/infer")
-    conn.putheader("Content-Length", str(5 << 20))
-    conn.endheaders()
-    status = conn.getresponse().status
-    conn.close()
-    return status
-
-
-def test_http_api_speaks_oip_v2_and_refuses_bad_bodies(zoo: Path) -> None:
-    port = free_port()
-    x, _ = sample_inputs(1)
-    with Agent(make_profile(zoo, None, api_port=port)):
-        assert _http(port, "GET", "/v2/health/live") == (200, {"live": True})
-        assert _http(port, "GET", "/v2/health/ready") == (200, {"ready": True})
-        status, meta = _http(port, "GET", "/v2/models/mnist1d")
-        declared = meta["inputs"][0]  # type: ignore[index]
-        assert status == 200 and declared["shape"] == [-1, 40] and declared["datatype"] == "FP32"
-        # a client that builds its request from the metadata is served
-        good = {"inputs": [{"name": declared["name"], "shape": [1, 40], "datatype": declared["datatype"],
-                            "data": x.ravel().tolist()}]}
-        status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", json.dumps(good).encode())
-        assert status == 200 and doc["outputs"][0]["shape"] == [1, 10]  # type: ignore[index]
-        assert doc["parameters"]["source"] == "edge"  # type: ignore[index]
-        cases = [
-            ({**good, "inputs": [{**good["inputs"][0], "shape": [1, 39], "data": [0.0] * 39}]}, 400, "shape_mismatch"),
-            ({**good, "inputs": [{**good["inputs"][0], "datatype": "INT32", "data": [0] * 40}]}, 400, "unsupported_dtype"),
-        ]
-        for body, want_status, code in cases:
-            status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", json.dumps(body).encode())
-            assert (status, doc["code"]) == (want_status, code), doc  # type: ignore[index]
-        status, doc = _http(port, "POST", "/v2/models/digits/infer", json.dumps(good).encode())
-        assert status == 404 and "unknown model" in doc["error"]  # type: ignore[index]
-        status, doc = _http(port, "POST", "/v2/models/mnist1d/infer", b"{not json")
-        assert status == 400 and "not valid JSON" in doc["error"]  # type: ignore[index]
-        assert _oversize_status(port) == 413  # refused from the header, before reading the body
-        status, text = _http(port, "GET", "/metrics")
-        assert status == 200 and 'fedge_requests_total{source="edge",task="mnist1d"} 1.0' in str(text)
-        assert 'fedge_errors_total{code="shape_mismatch",task="mnist1d"} 1.0' in str(text)
-
-
 HUGE = 3e38  # finite in float32, yet it overflows the edge model's logits: its probabilities come out NaN
 
 
@@ -379,60 +321,29 @@ def test_a_non_finite_local_output_is_offloaded_or_refused_never_answered(zoo: P
     np.testing.assert_allclose(reply.outputs["probabilities"], 0.1)
 
 
-def _method_status(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
-                   ) -> tuple[int, str | None, dict[str, Any]]:
-    conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
-    resp = conn.getresponse()
-    return resp.status, resp.getheader("Allow"), json.loads(resp.read())
-
-
-def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_model_ready(zoo: Path) -> None:
-    port = free_port()
-    with Agent(make_profile(zoo, None, api_port=port)):
-        status, server = _http(port, "GET", "/v2")
-        assert status == 200 and server["name"] == "fedge-agent" and server["extensions"] == []  # type: ignore[index]
-        assert isinstance(server["version"], str) and server["version"]  # type: ignore[index]
-        assert _http(port, "GET", "/v2/models/mnist1d/ready") == (200, {"name": "mnist1d", "ready": True})
-        status, doc = _http(port, "GET", "/v2/models/digits/ready")
-        assert (status, doc["code"]) == (404, "unknown_task")  # type: ignore[index]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        wrong = [("GET", "/v2/models/mnist1d/infer", None, "POST"),
-                 ("GET", "/v2/models/mnist1d/feedback", None, "POST"),
-                 ("PUT", "/v2/models/mnist1d/infer", b'{"inputs": []}', "POST"),
-                 ("POST", "/v2/health/live", b'{"live": false}', "GET"), ("DELETE", "/v2/models/mnist1d", None, "GET")]
-        for method, path, body, allow in wrong:
-            status, allowed, doc = _method_status(conn, method, path, body)
-            assert (status, allowed) == (405, allow) and method in doc["error"], (method, path, doc)
-            # an unread body is not taken for the next request on the same connection
-            assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
-        status, allowed, doc = _method_status(conn, "POST", "/v2/models/mnist1d/explain", b"{}")
-        assert (status, allowed, doc["code"]) == (404, None, "not_found") and "no such endpoint" in doc["error"]
-        assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
-        conn.close()
-
-
 def test_feedback_labels_a_kept_sample(agent_with_cloud: tuple[Agent, Any]) -> None:
     agent, _ = agent_with_cloud
     assert agent.api is not None
     x, _ = sample_inputs(200, seed=7)
     offloaded = next(r for r in (agent.infer(request(x[i:i + 1])) for i in range(200)) if r.source is Source.CLOUD)
-    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+    status, doc = http_call(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
                         json.dumps({"id": offloaded.request_id, "label": 3}).encode())
     assert status == 200, doc
     assert agent.samples is not None and 3 in agent.samples.training_set("mnist1d").labels.tolist()
-    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": "nope", "label": 1}).encode())
+    status, doc = http_call(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+                            json.dumps({"id": "nope", "label": 1}).encode())
     assert (status, doc["code"]) == (404, "not_found"), doc
     other = next(r for r in (agent.infer(request(x[i:i + 1])) for i in range(200)) if r.request_id != offloaded.request_id)
-    status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+    status, doc = http_call(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
                         json.dumps({"id": other.request_id, "label": 10}).encode())  # ten classes: 0..9
     assert status == 400 and "not a class" in doc["error"], doc
     for label in (99, 10, -1):  # the first label took the answer out of the recent ones: the stored sample still knows
-        status, doc = _http(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
+        status, doc = http_call(agent.api.port, "POST", "/v2/models/mnist1d/feedback",
                             json.dumps({"id": offloaded.request_id, "label": label}).encode())
         assert status == 400 and "not a class" in doc["error"] and doc["code"] == "bad_request", doc
     assert agent.samples.training_set("mnist1d").labels.tolist().count(3) == 1
     assert not {99, 10} & set(agent.samples.training_set("mnist1d").labels.tolist())
-    status, doc = _http(agent.api.port, "POST", "/v2/models/nope/feedback",
+    status, doc = http_call(agent.api.port, "POST", "/v2/models/nope/feedback",
                         json.dumps({"id": offloaded.request_id, "label": 4}).encode())
     assert (status, doc["code"]) == (404, "unknown_task") and "unknown model" in doc["error"], doc
 
@@ -445,11 +356,11 @@ def test_feedback_counts_only_under_the_model_that_answered(zoo: Path) -> None:
     x, _ = sample_inputs(2)
     with Agent(parse_profile(yaml.safe_dump(doc), "twin.yaml", env={})) as agent:
         twin = agent.infer(InferRequest("twin", {"input": x[:1]}))
-        status, body = _http(port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": twin.request_id,
+        status, body = http_call(port, "POST", "/v2/models/mnist1d/feedback", json.dumps({"id": twin.request_id,
                                                                                          "label": 3}).encode())
         assert status == 404 and "another model's" in body["error"], body  # type: ignore[index]
         assert not agent.feedback(twin.request_id, 3, task="mnist1d")
-        status, body = _http(port, "POST", "/v2/models/twin/feedback", json.dumps({"id": twin.request_id,
+        status, body = http_call(port, "POST", "/v2/models/twin/feedback", json.dumps({"id": twin.request_id,
                                                                                       "label": 3}).encode())
         assert status == 200, body
         heartbeat = agent.heartbeat()["feedback"]["tasks"]
@@ -531,22 +442,6 @@ def test_a_release_of_another_precision_than_the_profile_asks_for_runs_and_is_re
         else:  # compress chose fp16 for the whole fleet: noted, not warned, and no remedy that cannot help
             assert len(said) == 1 and said[0][0] == level and "compression chose" in said[0][1], said
             assert "compress --task" not in said[0][1]
-
-
-def test_http_api_sets_tcp_nodelay_on_every_accepted_connection(zoo: Path) -> None:
-    """Without it a keep-alive client waits ~40 ms for each response body (Nagle against delayed ACKs)."""
-    with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
-        assert agent.api is not None
-        agent.api.stop()  # take accepting over from the serving thread: this test accepts itself
-        server = ApiServer(agent, "127.0.0.1", 0)
-        try:
-            with socket.create_connection(("127.0.0.1", server.port)) as caller:
-                accepted, _ = server.get_request()
-                with accepted:
-                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-                assert caller.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the option was not a default
-        finally:
-            server.server_close()
 
 
 def test_a_task_without_an_offload_policy_takes_the_profiles_default_queue_bound(zoo: Path) -> None:

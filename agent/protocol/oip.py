@@ -109,12 +109,18 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     ]
 
 
-def reply_document(reply: InferReply) -> dict[str, Any]:
-    """An answer as an OIP v2 response body (MQTT JSON replies and the agent's HTTP API alike)."""
-    return {
-        "model_name": reply.model_name,
-        "model_version": reply.model_version,
-        "id": reply.request_id,
-        "outputs": encode_tensors(reply.outputs),
-        "parameters": {"source": reply.source.value, "degraded": reply.degraded, "timings_ms": reply.timings_ms},
-    }
+def reply_document(reply: InferReply, addressed: tuple[str, str] | None = None) -> dict[str, Any]:
+    """An answer as an OIP v2 response body (MQTT JSON replies and the agent's HTTP API alike).
+
+    ``addressed``: the (name, version) the caller asked for, where that is not the model that
+    answered. The agent's HTTP API serves a task as one OIP model, answered by the edge model or
+    the cloud's: the reply then names what was asked for, and ``parameters.served_by`` what answered.
+    """
+    parameters: dict[str, Any] = {"source": reply.source.value, "degraded": reply.degraded,
+                                  "timings_ms": reply.timings_ms}
+    name, version = reply.model_name, reply.model_version
+    if addressed is not None:
+        parameters["served_by"] = {"name": name, "version": version}
+        name, version = addressed
+    return {"model_name": name, "model_version": version, "id": reply.request_id,
+            "outputs": encode_tensors(reply.outputs), "parameters": parameters}

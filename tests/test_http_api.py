@@ -1,0 +1,182 @@
+"""The agent's HTTP API (KServe Open Inference Protocol v2) called by clients fedge did not write.
+
+urllib and http.client as a user's script calls them; every request gets its one answer, and a
+refused one leaves the connection usable or closed, never reset under the client.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.agent import Agent
+from agent.http_api import ApiServer
+from cloud.local.mosquitto import free_port
+from tests.agent_support import make_profile, sample_inputs, train_small_zoo
+from tests.http_support import http_call
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state directory whose model store holds small trained MNIST-1D models."""
+    root = tmp_path_factory.mktemp("http")
+    train_small_zoo(root / "state" / "models")
+    return root
+
+
+def _good(x: np.ndarray, name: str = "input") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def _announce_oversize(port: int) -> int:
+    """Headers announcing a 5 MiB body and ``Expect: 100-continue``, as curl sends them; the body never comes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/v2/models/mnist1d/infer")
+    conn.putheader("Content-Length", str(5 << 20))
+    conn.putheader("Expect", "100-continue")
+    conn.endheaders()
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_http_api_speaks_oip_v2_and_refuses_bad_bodies(zoo: Path) -> None:
+    port = free_port()
+    x, _ = sample_inputs(1)
+    with Agent(make_profile(zoo, None, api_port=port)):
+        assert http_call(port, "GET", "/v2/health/live") == (200, {"live": True})
+        assert http_call(port, "GET", "/v2/health/ready") == (200, {"ready": True})
+        status, meta = http_call(port, "GET", "/v2/models/mnist1d")
+        declared = meta["inputs"][0]  # type: ignore[index]
+        assert status == 200 and declared["shape"] == [-1, 40] and declared["datatype"] == "FP32"
+        # a client that builds its request from the metadata is served
+        good = {"inputs": [{"name": declared["name"], "shape": [1, 40], "datatype": declared["datatype"],
+                            "data": x.ravel().tolist()}]}
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(good).encode())
+        assert status == 200 and doc["outputs"][0]["shape"] == [1, 10]  # type: ignore[index]
+        assert doc["parameters"]["source"] == "edge"  # type: ignore[index]
+        cases = [
+            ({**good, "inputs": [{**good["inputs"][0], "shape": [1, 39], "data": [0.0] * 39}]}, 400, "shape_mismatch"),
+            ({**good, "inputs": [{**good["inputs"][0], "datatype": "INT32", "data": [0] * 40}]}, 400, "unsupported_dtype"),
+        ]
+        for body, want_status, code in cases:
+            status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(body).encode())
+            assert (status, doc["code"]) == (want_status, code), doc  # type: ignore[index]
+        status, doc = http_call(port, "POST", "/v2/models/digits/infer", json.dumps(good).encode())
+        assert status == 404 and "unknown model" in doc["error"]  # type: ignore[index]
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", b"{not json")
+        assert status == 400 and "not valid JSON" in doc["error"]  # type: ignore[index]
+        assert _announce_oversize(port) == 413  # refused from the headers, before the body is sent
+        status, text = http_call(port, "GET", "/metrics")
+        assert status == 200 and 'fedge_requests_total{source="edge",task="mnist1d"} 1.0' in str(text)
+        assert 'fedge_errors_total{code="shape_mismatch",task="mnist1d"} 1.0' in str(text)
+
+
+def _method_status(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+                   ) -> tuple[int, str | None, dict[str, Any]]:
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Allow"), json.loads(resp.read())
+
+
+def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_model_ready(zoo: Path) -> None:
+    port = free_port()
+    with Agent(make_profile(zoo, None, api_port=port)):
+        status, server = http_call(port, "GET", "/v2")
+        assert status == 200 and server["name"] == "fedge-agent" and server["extensions"] == []  # type: ignore[index]
+        assert isinstance(server["version"], str) and server["version"]  # type: ignore[index]
+        assert http_call(port, "GET", "/v2/models/mnist1d/ready") == (200, {"name": "mnist1d", "ready": True})
+        status, doc = http_call(port, "GET", "/v2/models/digits/ready")
+        assert (status, doc["code"]) == (404, "unknown_task")  # type: ignore[index]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        wrong = [("GET", "/v2/models/mnist1d/infer", None, "POST"),
+                 ("GET", "/v2/models/mnist1d/feedback", None, "POST"),
+                 ("PUT", "/v2/models/mnist1d/infer", b'{"inputs": []}', "POST"),
+                 ("POST", "/v2/health/live", b'{"live": false}', "GET"), ("DELETE", "/v2/models/mnist1d", None, "GET")]
+        for method, path, body, allow in wrong:
+            status, allowed, doc = _method_status(conn, method, path, body)
+            assert (status, allowed) == (405, allow) and method in doc["error"], (method, path, doc)
+            # an unread body is not taken for the next request on the same connection
+            assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+        status, allowed, doc = _method_status(conn, "POST", "/v2/models/mnist1d/explain", b"{}")
+        assert (status, allowed, doc["code"]) == (404, None, "not_found") and "no such endpoint" in doc["error"]
+        assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+        conn.close()
+
+
+def test_http_api_sets_tcp_nodelay_on_every_accepted_connection(zoo: Path) -> None:
+    """Without it a keep-alive client waits ~40 ms for each response body (Nagle against delayed ACKs)."""
+    with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
+        assert agent.api is not None
+        agent.api.stop()  # take accepting over from the serving thread: this test accepts itself
+        server = ApiServer(agent, "127.0.0.1", 0)
+        try:
+            with socket.create_connection(("127.0.0.1", server.port)) as caller:
+                accepted, _ = server.get_request()
+                with accepted:
+                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                assert caller.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the option was not a default
+        finally:
+            server.server_close()
+
+
+def test_a_body_over_the_limit_is_answered_413_to_a_client_that_sends_it_all(zoo: Path) -> None:
+    """urllib sends the whole body before it reads: it must get the 413 and its JSON, not a broken pipe."""
+    port = free_port()
+    big = b" " * (5 << 20)  # over the 4 MiB payload limit
+    with Agent(make_profile(zoo, None, api_port=port)) as agent:
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", big, {"Content-Type": "application/json"})
+        assert status == 413 and doc["code"] == "bad_request" and "byte limit" in doc["error"], doc  # type: ignore[index]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v2/models/mnist1d/infer", body=big)
+        resp = conn.getresponse()
+        assert resp.status == 413 and "byte limit" in json.loads(resp.read())["error"]
+        conn.request("POST", "/v2/models/mnist1d/infer", body=json.dumps(_good(sample_inputs(1)[0])))
+        assert conn.getresponse().status == 200  # the refused body was read to its end: the connection serves on
+        conn.close()
+        assert agent.ready()
+
+
+def test_an_input_the_model_does_not_declare_is_refused_with_the_names_it_does(zoo: Path) -> None:
+    port = free_port()
+    x, _ = sample_inputs(1)
+    with Agent(make_profile(zoo, None, api_port=port)):
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(_good(x, "pixels")).encode())
+        assert (status, doc["code"]) == (400, "bad_request"), doc  # type: ignore[index]
+        assert "'input'" in doc["error"] and "'pixels'" in doc["error"]  # type: ignore[index]
+        two = _good(x)
+        two["inputs"].append({**two["inputs"][0], "name": "extra"})
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(two).encode())
+        assert status == 400 and "'extra'" in doc["error"], doc  # type: ignore[index]
+        assert http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(_good(x)).encode())[0] == 200
+
+
+def test_versioned_endpoints_serve_the_version_the_metadata_lists_and_replies_name_what_was_asked(zoo: Path) -> None:
+    port = free_port()
+    x, _ = sample_inputs(1)
+    with Agent(make_profile(zoo, None, api_port=port)):
+        status, meta = http_call(port, "GET", "/v2/models/mnist1d")
+        assert status == 200 and meta["name"] == "mnist1d"  # type: ignore[index]
+        version = meta["versions"][0]  # type: ignore[index]
+        assert http_call(port, "GET", f"/v2/models/mnist1d/versions/{version}") == (200, meta)
+        assert http_call(port, "GET", f"/v2/models/mnist1d/versions/{version}/ready") == (
+            200, {"name": "mnist1d", "ready": True})
+        body = json.dumps(_good(x)).encode()
+        for path in ("/v2/models/mnist1d/infer", f"/v2/models/mnist1d/versions/{version}/infer"):
+            status, doc = http_call(port, "POST", path, body)
+            assert status == 200 and (doc["model_name"], doc["model_version"]) == ("mnist1d", version), doc  # type: ignore[index]
+            assert doc["parameters"]["served_by"] == {"name": "mnist1d-edge", "version": version}  # type: ignore[index]
+        status, doc = http_call(port, "POST", "/v2/models/mnist1d/versions/999/infer", body)
+        assert (status, doc["code"]) == (404, "not_found") and f"serves version {version}" in doc["error"]  # type: ignore[index]
+        status, doc = http_call(port, "GET", "/v2/models/digits/versions/1")
+        assert (status, doc["code"]) == (404, "unknown_task")  # type: ignore[index]
+        for path in ("/v2/models/mnist1d/versions", "/v2/models/mnist1d/versions//infer",
+                     f"/v2/models/mnist1d/versions/{version}/infer/more"):
+            status, doc = http_call(port, "POST", path, body)
+            assert (status, doc["code"]) == (404, "not_found"), (path, doc)  # type: ignore[index]
