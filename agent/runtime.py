@@ -15,7 +15,7 @@ from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
 from agent.profile.schema import Profile
 from agent.protocol import ErrorCode, ProtocolError
-from agent.protocol.tensors import require_finite
+from agent.protocol.tensors import fit_batch, require_finite
 from agent.session import open_session
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,6 @@ class LocalModel:
         want = self.spec.input
         if x.dtype != np.dtype(want.dtype):
             raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"task {self.task} takes {want.dtype}, got {x.dtype}")
-        if x.ndim == len(want.shape) - 1:
-            x = x[None]  # one sample without its batch axis
-        fixed = [(i, d) for i, d in enumerate(want.shape) if i > 0 and d not in (None, -1)]
-        if x.ndim != len(want.shape) or any(x.shape[i] != d for i, d in fixed) or x.shape[0] == 0:
-            shape = ["N" if d in (None, -1) else d for d in want.shape]
-            raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"task {self.task} takes shape {shape}, got {list(x.shape)}")
+        x = fit_batch(x, want.shape, f"task {self.task}")
         require_finite(x, f"task {self.task}")
         return x

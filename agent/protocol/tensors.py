@@ -126,3 +126,18 @@ def require_finite(x: np.ndarray, what: str) -> None:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} takes finite numbers; the input holds NaN or infinity"
                                                    f" (or a value too large for {x.dtype})")
+
+
+def fit_batch(x: np.ndarray, declared: Sequence[int | None], what: str) -> np.ndarray:
+    """``x`` as a batch for a model input of shape ``declared`` (None or -1: any size), or SHAPE_MISMATCH.
+
+    One sample without its batch axis gets one. Checked before the model runs, so a wrong shape is
+    the protocol's error naming both shapes, not ONNX Runtime's text as an internal error.
+    """
+    if x.ndim == len(declared) - 1:
+        x = x[None]
+    fixed = [(i, d) for i, d in enumerate(declared) if i > 0 and d not in (None, -1)]
+    if x.ndim != len(declared) or any(x.shape[i] != d for i, d in fixed) or x.shape[0] == 0:
+        shape = ["N" if d in (None, -1) else d for d in declared]
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"{what} takes shape {shape}, got {list(x.shape)}")
+    return x

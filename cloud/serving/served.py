@@ -103,6 +103,7 @@ class ServedModel:
     version: str
     session: Any
     input_name: str
+    input_shape: tuple[int | None, ...]  # as the manifest declares it: None for any size (the batch axis)
     temperature: float
     accuracy: float | None
     latency: LatencyEwma = field(default_factory=LatencyEwma)
@@ -137,7 +138,7 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     m = stored.manifest
     spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec.name, m.temperature, accuracy_of(m.metrics, live))
+                        spec.name, tuple(spec.shape), m.temperature, accuracy_of(m.metrics, live))
     row = [d or 1 for d in spec.shape[1:]]
     model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
     for batch in sorted({1, max_batch}):

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from agent.protocol import (
     reply_topic,
     unanswerable,
 )
-from agent.protocol.tensors import require_finite
+from agent.protocol.tensors import fit_batch, require_finite
 from cloud.registry import open_registry
 from cloud.serving.scheduler import Job, JobQueue
 from cloud.serving.selection import UnknownModel, choose
@@ -178,7 +178,7 @@ class Worker:
                     raise ProtocolError(ErrorCode.BAD_REQUEST, f"the request's topic {msg.topic!r} names no task:"
                                                                f" publish to {self.topics.infer('<task>')}")
                 request = decode_request(task, msg.payload, msg.properties)
-                model = self._choose(request)
+                request, model = self._choose(request)
             except ProtocolError as exc:
                 self.stats.count("errors")
                 self._answer(ErrorReply(exc.code, exc.message, request.request_id if request else ""),
@@ -204,22 +204,22 @@ class Worker:
     def _timeout_s(request: InferRequest) -> float:
         return DEFAULT_TIMEOUT_S if request.timeout_ms is None else request.timeout_ms / 1000
 
-    def _choose(self, request: InferRequest) -> str:
-        """The model for a request, counted; a request that cannot be served raises ProtocolError."""
+    def _choose(self, request: InferRequest) -> tuple[InferRequest, str]:
+        """The model for a request, counted, and the request as that model takes it; ProtocolError if it cannot be."""
         served = self.models.get(request.task)
         if not served:
             raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"no cloud model for task {request.task!r}; served: "
                                 f"{', '.join(sorted(self.models))}")
-        check_input(request)
-        check_fusion(request)
         queued = {model: n for (_, model), n in self.queue.depths().items()}
         try:
             choice = choose(served, request.model, self._timeout_s(request) * 1000, queued, self.settings.max_batch,
                             self._all)
         except UnknownModel as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        request = fitted(request, choice.model)
+        check_fusion(request)
         self.stats.decided(request.task, choice.model.name, choice.reason)
-        return choice.model.name
+        return request, choice.model.name
 
     # -- running (batch thread) ---------------------------------------------------------------
     def _run_batches(self) -> None:
@@ -291,12 +291,15 @@ class Worker:
             log.exception("could not send a %s error reply to %s", reply.code.value, target[0])
 
 
-def check_input(request: InferRequest) -> None:
-    """The model input has a batch dimension (rows), so it can join a batch and be answered row by row, and is finite."""
-    if request.tensor.ndim < 1:
-        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"the input {next(iter(request.inputs))!r} is a scalar; send it with a"
-                            " batch dimension, e.g. shape [1, ...]")
-    require_finite(request.tensor, f"task {request.task}")
+def fitted(request: InferRequest, model: ServedModel) -> InferRequest:
+    """The request with its input as ``model`` declares it (a missing batch axis added), and finite.
+
+    A wrong shape is the protocol's ``shape_mismatch``, never ONNX Runtime's error text as ``internal``.
+    """
+    name = next(iter(request.inputs))
+    x = fit_batch(request.tensor, model.input_shape, f"{model.name} (task {request.task})")
+    require_finite(x, f"task {request.task}")
+    return request if x is request.tensor else replace(request, inputs={**request.inputs, name: x})
 
 
 def check_fusion(request: InferRequest) -> None:
