@@ -227,6 +227,26 @@ def test_only_an_outcome_of_this_release_judges_the_canary(cloud: CloudSide) -> 
     for malformed in ("active", ["x"], {**this, "issued_at": "yesterday"}):  # a bad heartbeat: keep waiting
         assert verdict(malformed) is None
     assert canary_verdict({"dev-a": {"updates": "none"}}, ["dev-a"], release) is None
+    claims = {"reason": "signature does not verify", "version": 2, "issued_at": issued.isoformat()}
+    healthy, why = verdict(older, last_unverified={TASK: claims})  # type: ignore[misc]
+    assert not healthy and "dev-a could not verify the release of v2: signature does not verify" in why
+    assert verdict(older, last_unverified={TASK: {**claims, "issued_at": older["issued_at"]}}) is None  # another one
+    assert verdict(older, last_unverified={TASK: {**claims, "version": 3}}) is None
+
+
+def test_a_canary_that_cannot_verify_the_release_fails_the_rollout_at_once_with_its_reason(
+        tmp_path: Path, broker: Mosquitto, fleet: list[Agent], registry: Registry) -> None:
+    """The cloud signs with a key the devices do not trust: the canary's report ends the wait, not the timeout."""
+    other = make_cloud(tmp_path / "other-cloud")  # the same models, signed with another key
+    wait_for_group(broker.settings, registry)
+    with ReleaseChannel(broker.settings, Topics()) as channel:
+        result = Rollout(other.store, registry, channel, load_private_key(other.private_key)).run(
+            RolloutPlan(TASK, NAME, 2, GROUP, canary_fraction=0.5, health_timeout_s=20))
+    assert (result.outcome, result.canary) == ("rolled back", ["dev-a"])
+    assert "dev-a could not verify the release of v2" in result.reason and "signature" in result.reason, result.reason
+    assert [agent.heartbeat()["models"][TASK] for agent in fleet] == ["1", "1"]  # v1 served on throughout
+    history = [e for e in registry.model_history(TASK, NAME) if e.version == 2]
+    assert history[-1].state is ModelState.RETIRED and "could not verify" in history[-1].reason
 
 
 @pytest.fixture

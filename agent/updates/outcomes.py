@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.durable import replace_file
+from agent.updates.release import Release
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,18 @@ class Outcomes:
             self._retrying.pop(task, None)
             self._save()
 
-    def unverified(self, task: str, reason: str) -> None:
-        """A release message that does not verify: reported, but it decides nothing."""
+    def unverified(self, task: str, reason: str, claimed: Release | None = None) -> None:
+        """A release message that does not verify: reported, but it decides nothing here.
+
+        ``claimed``: the message, where it parsed. Its version and ``issued_at`` are reported as
+        claims, so a rollout whose canary cannot verify its release (signed with another key) hears
+        of it at once; a claim can only fail a rollout, never pass one.
+        """
+        entry: dict[str, Any] = {"reason": reason, "at": time.time()}
+        if claimed is not None:
+            entry |= {"version": claimed.manifest.version, "issued_at": claimed.issued_at.isoformat()}
         with self._lock:
-            self._unverified[task] = {"reason": reason, "at": time.time()}
+            self._unverified[task] = entry
 
     def retrying(self, task: str, version: int, reason: str, issued_at: datetime) -> None:
         """A verified release cut short (stop, missing file, busy): reported, and applied again later."""

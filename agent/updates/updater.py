@@ -172,12 +172,13 @@ class Updater:
     # -- one release -----------------------------------------------------------------------
     def apply(self, task: str, topic: str, payload: bytes) -> None:
         """Check and apply one release message; every outcome is logged and recorded. Deferred: try again."""
+        release = None
         try:
             release = parse_release(payload, topic)
             check_release_signature(release, self.key)
         except ManifestError as exc:  # not from the cloud's key: it may neither block nor overwrite anything
             log.warning("ignored a release message for %s that does not verify: %s", task, exc)
-            self.outcomes.unverified(task, str(exc))
+            self.outcomes.unverified(task, str(exc), release)
             return
         if not release.targets(self.host.device_id, self.config.group):
             log.debug("release on %s is for other devices of group %s", topic, release.group)

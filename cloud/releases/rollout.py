@@ -88,18 +88,32 @@ def canary_verdict(heartbeats: Heartbeats, canary: list[str], release: Release) 
     """(healthy, why) once every canary reported on ``release`` or one refused it; None while waiting.
 
     Only an outcome naming this release (its ``issued_at``) counts: a device's report on an
-    older release, or its refusal of some unverified message, says nothing about this one.
+    older release says nothing about this one. A canary that could not verify a message claiming
+    to be this release (another key signed it) fails it: waiting longer would not change that.
     """
     m = release.manifest
     pending = []
     for device in canary:
-        updates = heartbeats.get(device, {}).get("updates")
-        outcome = updates.get(m.task) if isinstance(updates, dict) else None  # a malformed heartbeat: no report
-        if not isinstance(outcome, dict) or _issued_at(outcome) != release.issued_at:
+        heartbeat = heartbeats.get(device, {})
+        outcome = _task_entry(heartbeat, "updates", m.task)
+        if outcome is None or _issued_at(outcome) != release.issued_at:
+            unverified = _task_entry(heartbeat, "last_unverified", m.task)
+            if unverified is not None and _issued_at(unverified) == release.issued_at \
+                    and unverified.get("version") == m.version:  # it could not check this release's signature
+                return False, (f"{device} could not verify the release of v{m.version}:"
+                               f" {unverified.get('reason', 'no reason given')} (is it signed with the key the"
+                               " devices trust?)")
             pending.append(device)
         elif outcome.get("state") != "active" or outcome.get("version") != m.version:
             return False, f"{device} refused v{m.version}: {outcome.get('reason', 'no reason given')}"
     return (True, f"v{m.version} serves on {', '.join(canary)}") if not pending else None
+
+
+def _task_entry(heartbeat: dict[str, Any], field: str, task: str) -> dict[str, Any] | None:
+    """``heartbeat[field][task]`` where it is a mapping; None for a malformed heartbeat (no report)."""
+    entries = heartbeat.get(field)
+    entry = entries.get(task) if isinstance(entries, dict) else None
+    return entry if isinstance(entry, dict) else None
 
 
 def _issued_at(outcome: dict[str, Any]) -> datetime | None:
