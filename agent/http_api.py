@@ -140,7 +140,11 @@ class _Handler(BaseHTTPRequestHandler):
         (urllib, requests) then sees a broken pipe instead of the answer. Where the whole body was
         read, the connection stays usable; otherwise it closes after the answer.
         """
-        left = self._declared_size() or 0
+        left = self._declared_size()
+        if left is None:  # no body, or one whose end is unknown (chunked, a nonsense length): not readable here
+            if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+                self.close_connection = True
+            return
         if left > DISCARD_LIMIT:
             self.close_connection = True
             return

@@ -180,3 +180,19 @@ def test_versioned_endpoints_serve_the_version_the_metadata_lists_and_replies_na
                      f"/v2/models/mnist1d/versions/{version}/infer/more"):
             status, doc = http_call(port, "POST", path, body)
             assert (status, doc["code"]) == (404, "not_found"), (path, doc)  # type: ignore[index]
+
+
+def test_a_refused_chunked_body_closes_the_connection_so_it_is_never_read_as_a_request(zoo: Path) -> None:
+    """Its end is unknown to a refusal that does not parse it: what it carries must not be served."""
+    port = free_port()
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    with Agent(make_profile(zoo, None, api_port=port)), socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(b"POST /v2/models/mnist1d/explain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk)
+        answers = b""
+        while part := sock.recv(65536):  # until the agent closes
+            answers += part
+    head, _, body = answers.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    assert head.startswith(b"HTTP/1.1 404") and len(body) == length, answers  # one answer, and nothing after it
