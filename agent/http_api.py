@@ -311,6 +311,9 @@ class ApiServer(ThreadingHTTPServer):
     """The HTTP server bound to one agent; ``start`` serves on a background thread."""
 
     daemon_threads = True
+    #: socketserver's default backlog is 5: a burst of callers connecting at once found the queue full and
+    #: was reset (130 of 384 requests from 64 callers). The kernel caps it at net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, service: InferenceService, host: str = "127.0.0.1", port: int = 8080) -> None:
         super().__init__((host, port), _Handler)

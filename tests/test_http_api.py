@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,19 @@ def test_a_refused_chunked_body_closes_the_connection_so_it_is_never_read_as_a_r
     head, _, body = answers.partition(b"\r\n\r\n")
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
     assert head.startswith(b"HTTP/1.1 404") and len(body) == length, answers  # one answer, and nothing after it
+
+
+def test_64_callers_connecting_at_once_are_all_answered(zoo: Path) -> None:
+    """socketserver's backlog of 5 reset about a third of such a burst."""
+    port = free_port()
+    x, _ = sample_inputs(64 * 4, seed=3)
+    start = threading.Barrier(64)
+
+    def caller(k: int) -> list[int]:
+        start.wait()
+        return [http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(_good(x[k * 4 + r][None])).encode())[0]
+                for r in range(4)]
+
+    with Agent(make_profile(zoo, None, api_port=port)), ThreadPoolExecutor(64) as pool:
+        statuses = [s for answered in pool.map(caller, range(64)) for s in answered]
+    assert statuses == [200] * 256

@@ -135,8 +135,9 @@ class Coordinator:
             while True:
                 for i, process in enumerate(self._workers):
                     if not process.is_alive() and not self._stop.is_set():
-                        log.warning("worker %s exited with %s; starting a new one", process.name, process.exitcode)
                         self._workers[i] = self._spawn(i)
+                        log.warning("worker %s (pid %s) exited with %s; started a new one (pid %s)", process.name,
+                                    process.pid, process.exitcode, self._workers[i].pid)
                 self._publish_status(self.status())
                 intervals += 1
                 if intervals % self.metrics_every == 0:
