@@ -9,7 +9,7 @@ import time
 
 # In the order a reader wants them: the transport baseline first.
 BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "footprint", "compression", "cascade", "workers",
-              "fleet", "federated")
+              "fleet", "federated", "soak")
 
 
 def main() -> int:

@@ -21,6 +21,7 @@ from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings
 from agent.profile.schema import Profile
 from agent.protocol import InferReply, InferRequest, Topics
+from agent.samples import SampleStore
 from agent.signing import KeyFileError
 from agent.updates import Release
 from agent.updates.artifact import ArtifactWait
@@ -34,6 +35,7 @@ from cloud.releases.signing import sign
 from tests.agent_support import profile_doc
 from tests.held_updates import hold_swaps
 from tests.release_support import (
+    FEATURES,
     NAME,
     TASK,
     CloudSide,
@@ -182,6 +184,11 @@ def test_agent_killed_during_a_swap_restarts_with_a_valid_model(tmp_path: Path, 
                       "gate": {"min_samples": 0}}
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump(doc))
+    kept = SampleStore(tmp_path / "state" / "samples.db")  # what the device had kept before the release came
+    rows = np.random.default_rng(2).normal(size=(20, FEATURES)).astype(np.float32)
+    for i, row in enumerate(rows):
+        kept.add(f"kept-{i}", TASK, row[None], np.full((1, 10), 0.1, np.float32))
+    kept.close()
     send(channel, cloud, release(cloud, 2))
     # the agent pauses before promoting, and writes nothing for it
     held = subprocess.Popen([sys.executable, "-m", "tests.held_updates", "run", "--profile", str(profile)], cwd=REPO,
@@ -196,6 +203,9 @@ def test_agent_killed_during_a_swap_restarts_with_a_valid_model(tmp_path: Path, 
     store = ModelStore(tmp_path / "state" / "models")
     assert store.versions(TASK, NAME) == [1]
     store.verified(TASK, NAME)  # what a restart loads is whole
+    after = SampleStore.reader(tmp_path / "state" / "samples.db")
+    assert after.count(TASK) == 20 and np.array_equal(after.training_set(TASK).x, rows)  # the samples are intact
+    after.close()
     restarted = subprocess.Popen([FEDGE_AGENT, "run", "--profile", str(profile)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
