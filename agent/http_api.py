@@ -161,8 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
         if left:
             self.close_connection = True
 
-    def _over_limit(self, size: int | None) -> bool:
-        return size is not None and size > self.server.service.limits.max_payload_bytes
+    def _over_limit(self, size: int) -> bool:
+        return size > self.server.service.limits.max_payload_bytes
 
     def _refuse_too_large(self, size: int) -> None:
         limit = self.server.service.limits.max_payload_bytes

@@ -3,13 +3,14 @@
 ``fedge-agent run`` (threshold offload, samples kept, heartbeats every second)
 and ``fedge-cloud serve`` (one worker) on a private broker. Four HTTP callers
 send a steady stream of OIP requests, each with its own id; the confidence
-threshold is set so about a third go to the cloud, and every tenth answer gets a user's feedback label. Once a
-second the agent's RSS and open file descriptors are read from /proc.
+threshold is set so about a third go to the cloud, and every tenth answer gets
+a user's feedback label. Once a second the agent's RSS and open file
+descriptors are read from /proc.
 
-The baseline is the same process after warm-up (the first fifth of the run):
-goals are RSS growth from the end of warm-up to the end of the run <= 5 %, no
-growth in the most descriptors open at once, 0 requests lost (no answer, or an error), 0 answered twice
-or under another request's id.
+The baseline is the same process after warm-up (the first fifth of the run).
+Goals: RSS growth from the end of warm-up to the end of the run <= 5 %; no
+growth in the most descriptors open at once; 0 requests lost (no answer, or an
+error); 0 answered twice or under another request's id.
 """
 
 from __future__ import annotations

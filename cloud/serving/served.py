@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.confidence import softmax
-from agent.manifest import ManifestError
+from agent.manifest import ManifestError, TensorSpec
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
 from cloud.fleet.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
@@ -102,8 +102,7 @@ class ServedModel:
     name: str
     version: str
     session: Any
-    input_name: str
-    input_shape: tuple[int | None, ...]  # as the manifest declares it: None for any size (the batch axis)
+    input: TensorSpec  # the model input as its manifest declares it (shape None: any size, e.g. the batch)
     temperature: float
     accuracy: float | None
     latency: LatencyEwma = field(default_factory=LatencyEwma)
@@ -111,7 +110,7 @@ class ServedModel:
     def run(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for a batch, timing the run into the latency EWMA."""
         started = time.perf_counter()
-        probs = softmax(self.session.run(None, {self.input_name: x})[0], self.temperature)
+        probs = softmax(self.session.run(None, {self.input.name: x})[0], self.temperature)
         self.latency.observe(len(x), (time.perf_counter() - started) * 1000)
         return probs
 
@@ -138,7 +137,7 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     m = stored.manifest
     spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec.name, tuple(spec.shape), m.temperature, accuracy_of(m.metrics, live))
+                        spec, m.temperature, accuracy_of(m.metrics, live))
     row = [d or 1 for d in spec.shape[1:]]
     model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
     for batch in sorted({1, max_batch}):

@@ -297,7 +297,7 @@ def fitted(request: InferRequest, model: ServedModel) -> InferRequest:
     A wrong shape is the protocol's ``shape_mismatch``, never ONNX Runtime's error text as ``internal``.
     """
     name = next(iter(request.inputs))
-    x = fit_batch(request.tensor, model.input_shape, f"{model.name} (task {request.task})")
+    x = fit_batch(request.tensor, model.input.shape, f"{model.name} (task {request.task})")
     require_finite(x, f"task {request.task}")
     return request if x is request.tensor else replace(request, inputs={**request.inputs, name: x})
 
