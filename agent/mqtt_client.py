@@ -16,6 +16,8 @@ import logging
 import socket
 import ssl
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -274,3 +276,36 @@ class Subscriptions:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _props: Any) -> None:
         self._refused = next((r for r in reasons if r.is_failure), None)
         self._answered.set()
+
+
+class Unacknowledged:
+    """QoS 1 publishes the broker has not acknowledged yet, so a client can leave once they are delivered.
+
+    paho sends at most its in-flight window (20) and holds the rest; ``disconnect`` drops what it holds.
+    A worker that answers a last batch and disconnects at once would lose those answers.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[mqtt.MQTTMessageInfo] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, info: mqtt.MQTTMessageInfo) -> None:
+        """Track one publish paho accepted; forgets acknowledged ones at the front (the broker acknowledges in order).
+
+        A publish paho refused (not connected) is not tracked: there is nothing of it to wait for.
+        """
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return
+        with self._lock:
+            self._pending.append(info)
+            while self._pending and self._pending[0].is_published():
+                self._pending.popleft()
+
+    def wait(self, timeout_s: float) -> int:
+        """Block until every tracked publish is acknowledged or ``timeout_s`` passed; how many are still not."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            pending = list(self._pending)
+        for info in pending:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        return sum(1 for info in pending if not info.is_published())

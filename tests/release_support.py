@@ -62,6 +62,15 @@ class CloudSide:
         return self.store.verified(TASK, NAME, version)
 
 
+def linear_cloud_store(root: Path) -> Path:
+    """A store with one small real cloud model for mnist1d (a linear classifier, built in milliseconds)."""
+    weights = np.random.default_rng(0).normal(size=(FEATURES, CLASSES))
+    root.mkdir(parents=True)
+    publish(ModelStore(root), TASK, f"{TASK}-cloud", linear_onnx(root.parent / "cloud.onnx", weights),
+            metrics={"test_accuracy": 0.5})
+    return root
+
+
 def make_cloud(root: Path) -> CloudSide:
     rng = np.random.default_rng(0)
     base = rng.normal(size=(FEATURES, CLASSES))

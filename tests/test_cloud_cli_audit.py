@@ -14,20 +14,15 @@ import time
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 import pytest
 
 from agent.exit_codes import ExitCode
-from agent.model_store import ModelStore
-from agent.protocol import InferRequest, Topics, encode_request
+from agent.protocol import Topics
 from agent.updates.release import parse_release
 from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import ModelState, open_registry
-from cloud.serving.worker import WorkerSettings
-from cloud.store import publish
 from tests.mqtt_helpers import Inbox, client, subscribe
-from tests.release_support import NAME, TASK, cloud, linear_onnx, make_cloud
-from tests.serving_support import running_worker
+from tests.release_support import NAME, TASK, cloud, linear_cloud_store, make_cloud
 
 GROUP = "lab"
 
@@ -130,17 +125,8 @@ def test_a_second_ctrl_c_while_the_canary_is_undone_is_ignored(tmp_path: Path, b
         assert record is not None and record.state is ModelState.RETIRED
 
 
-def _cloud_store(root: Path) -> Path:
-    """A store with one small real cloud model for mnist1d (a linear classifier, built in milliseconds)."""
-    weights = np.random.default_rng(0).normal(size=(40, 10))
-    root.mkdir(parents=True)
-    publish(ModelStore(root), TASK, f"{TASK}-cloud", linear_onnx(root.parent / "cloud.onnx", weights),
-            metrics={"test_accuracy": 0.5})
-    return root
-
-
 def test_ctrl_c_stops_serve_and_its_workers_without_a_traceback(tmp_path: Path, broker: Mosquitto) -> None:
-    store = _cloud_store(tmp_path / "store")
+    store = linear_cloud_store(tmp_path / "store")
     with client(broker, "watch") as watch:
         statuses = Inbox(watch)
         subscribe(watch, Topics().cloud_status)
@@ -165,7 +151,7 @@ def _sigint_disposition(pid: int) -> str:
 
 def test_ctrl_c_while_the_workers_load_prints_no_traceback(tmp_path: Path, broker: Mosquitto) -> None:
     """A terminal's Ctrl-C reaches the workers too, however early: they leave stopping to their coordinator."""
-    store = _cloud_store(tmp_path / "store")
+    store = linear_cloud_store(tmp_path / "store")
     serve = _cloud_process("serve", "--broker", broker.url, "--workers", "2", "--store", str(store),
                            "--registry", str(tmp_path / "registry.db"), cwd=tmp_path)
     assert serve.stderr is not None
@@ -195,7 +181,7 @@ def test_ctrl_c_while_the_workers_load_prints_no_traceback(tmp_path: Path, broke
 
 
 def test_serve_says_an_unreachable_registry_is_a_service_problem(tmp_path: Path, broker: Mosquitto) -> None:
-    store = _cloud_store(tmp_path / "store")
+    store = linear_cloud_store(tmp_path / "store")
     nobody = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
     ran = cloud("serve", "--broker", broker.url, "--workers", "1", "--store", str(store), "--registry", nobody)
     assert ran.returncode == ExitCode.UNAVAILABLE, ran.stderr  # exit 3, as for the broker: not a bad config (2)
@@ -247,7 +233,7 @@ def test_a_rollout_run_twice_says_the_group_runs_the_version_already(tmp_path: P
 
 
 def test_validate_names_the_store_serve_would_use_and_what_it_would_serve(tmp_path: Path) -> None:
-    _cloud_store(tmp_path / "etc" / "models")
+    linear_cloud_store(tmp_path / "etc" / "models")
     config = tmp_path / "etc" / "cloud.yaml"
     config.write_text("store: models\n")  # relative to the config file, as serve reads it
     ran = cloud("serve", "--config", str(config), "--validate")
@@ -287,41 +273,6 @@ def test_keys_into_a_path_that_cannot_be_made_and_a_registry_that_is_a_directory
     assert looked.returncode == ExitCode.INVALID_INPUT, looked.stderr
     assert f"registry {tmp_path} is a directory" in looked.stderr and "registry.db" in looked.stderr, looked.stderr
 
-def test_a_worker_that_stops_answers_every_request_the_broker_sent_it(tmp_path: Path, broker: Mosquitto) -> None:
-    """A stopping worker answers what the broker had already sent it (a rolling restart, one host leaving)."""
-    store = _cloud_store(tmp_path / "store")
-
-    def settings(worker_id: str) -> WorkerSettings:
-        return WorkerSettings(store=store, broker=broker.settings, worker_id=worker_id,
-                              status_interval_s=0.2)
-
-    x = np.zeros((1, 40), np.float32)
-    answered: set[bytes] = set()
-    total, rounds = 3000, 6
-    with client(broker, "caller") as caller, running_worker(settings("stays"), broker):
-        caller.on_message = lambda _c, _u, msg: answered.add(bytes(msg.properties.CorrelationData))  # type: ignore[union-attr]
-        subscribe(caller, "test/replies")
-
-        def stream() -> None:
-            for i in range(total):
-                payload, props = encode_request(InferRequest(TASK, {"input": x}, timeout_ms=60_000),
-                                                response_topic="test/replies", correlation_data=f"{i}".encode())
-                caller.publish(Topics().infer(TASK), payload, qos=1, properties=props)
-                if i % 50 == 0:
-                    time.sleep(0.005)
-
-        streaming = threading.Thread(target=stream)
-        streaming.start()
-        for n in range(rounds):  # workers leave while requests keep coming
-            with running_worker(settings(f"leaves-{n}"), broker):
-                time.sleep(0.05)
-        streaming.join(60)
-        deadline = time.monotonic() + 30
-        while len(answered) < total and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert len(answered) == total, f"{total - len(answered)} requests never answered"
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -332,7 +283,7 @@ def _alive(pid: int) -> bool:
 
 def test_workers_stop_when_their_coordinator_is_killed(tmp_path: Path, broker: Mosquitto) -> None:
     """kill -9 (or the OOM killer) on serve must not leave workers taking requests that nobody reports on."""
-    store = _cloud_store(tmp_path / "store")
+    store = linear_cloud_store(tmp_path / "store")
     log = tmp_path / "serve.log"
     with log.open("w") as log_file:
         serve = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url, "--workers", "2",

@@ -62,7 +62,7 @@ def acl_text(fleet: Fleet) -> str:
                        f"topic read {p}/models/#", f"topic read {t.cloud_status}", f"topic read {t.federated_window}"])
     for worker in fleet.workers:
         blocks.append([f"user {worker}", f"topic read {t.infer_filter}", f"topic write {p}/device/+/reply",
-                       f"topic write {p}/replies/#", f"topic write {t.worker_reports}"])
+                       f"topic write {p}/replies/#", f"topic readwrite {t.worker_reports}"])
     for coordinator in fleet.coordinators:
         blocks.append([f"user {coordinator}", f"topic write {t.cloud_status}", f"topic write {p}/models/#",
                        f"topic write {t.federated_window}",

@@ -34,14 +34,17 @@ class WorkerReports:
         self._lock = threading.Lock()
 
     def add(self, payload: bytes | bytearray) -> None:
-        """Keep one report; ValueError when it is not a JSON object naming its worker."""
+        """Keep one report, or forget a leaving worker; ValueError when it is not a JSON object naming its worker."""
         try:
             report = json.loads(payload)
             worker_id = str(report["worker_id"])
         except (KeyError, TypeError) as exc:  # JSON errors and undecodable bytes are ValueErrors already
             raise ValueError(f"no worker_id in the report ({exc})") from None
         with self._lock:
-            self._reports[worker_id] = (time.monotonic(), report)
+            if report.get("leaving"):  # its last report (worker.py's fence): gone now, not when it goes stale
+                self._reports.pop(worker_id, None)
+            else:
+                self._reports[worker_id] = (time.monotonic(), report)
 
     def fresh(self, exclude: Collection[str] = ()) -> dict[str, Report]:
         """Worker id -> report, for reports newer than ``fresh_for_s`` (older ones are forgotten)."""

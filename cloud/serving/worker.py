@@ -18,6 +18,7 @@ import multiprocessing
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,10 +28,11 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.confidence import fuse
 from agent.model_store import ModelStore
-from agent.mqtt_client import BrokerSettings, connect, new_client
+from agent.mqtt_client import BrokerSettings, Unacknowledged, connect, new_client
 from agent.protocol import (
     BodyKind,
     ErrorCode,
@@ -55,6 +57,7 @@ from cloud.serving.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
+LEAVE_TIMEOUT_S = 5.0  # bounds each step of leaving: the broker's acknowledgements, the fence, the last answers
 EDGE_PROBS = "edge_probs"  # the request input carrying the edge model's probabilities, for fusion
 
 
@@ -105,7 +108,7 @@ class Worker:
         self.queue = JobQueue(settings.max_queue)
         self.stats = WorkerStats()
         self._stop = threading.Event()
-        self._last_request = 0.0  # time.monotonic() of the last request received
+        self._unacknowledged = Unacknowledged()
         self._client = new_client(f"fedge-worker-{settings.worker_id}", settings.broker)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
@@ -121,27 +124,54 @@ class Worker:
         self._leave_share_group()
         self.queue.close()
         runner.join(10)
+        if unsent := self._unacknowledged.wait(LEAVE_TIMEOUT_S):
+            log.warning("worker %s leaves with %d answers the broker has not acknowledged", self.settings.worker_id,
+                        unsent)
         self._client.disconnect()
         self._client.loop_stop()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _leave_share_group(self, quiet_s: float = 0.25, timeout_s: float = 5.0) -> None:
+    def _leave_share_group(self) -> None:
         """Take no more requests, and queue every one the broker had already given this worker.
 
         The broker keeps sending those after its UNSUBACK (they wait in this client's session, paced by the
-        in-flight window) and drops what is left when the client disconnects: so leave only once no request
-        came for ``quiet_s``. A request in flight to a worker that stops is then answered, not lost.
+        in-flight window) and drops what is left when the client disconnects. So the worker fences its session:
+        it subscribes to its own report topic as it unsubscribes, and once both are acknowledged publishes its
+        last report there. The broker queues that report behind every request it still owes this worker: when
+        it comes back, none is left, however slow the broker or this process is. A request in flight to a
+        worker that stops is answered, not lost.
         """
-        left = threading.Event()
-        self._client.on_unsubscribe = lambda *_: left.set()
-        if self._client.unsubscribe(self.topics.shared_infer(self.settings.share_group))[0] != mqtt.MQTT_ERR_SUCCESS:
+        fence = {"worker_id": self.settings.worker_id, "leaving": uuid.uuid4().hex}
+        acknowledged, fenced = threading.Event(), threading.Event()
+        refused: list[ReasonCode] = []
+
+        def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+            refused.extend(r for r in reasons if r.is_failure)
+
+        def on_fence(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            if _fence_of(msg.payload) == fence["leaving"]:
+                fenced.set()
+
+        self._client.on_subscribe = on_subscribe
+        self._client.on_unsubscribe = lambda *_: acknowledged.set()
+        self._client.message_callback_add(self.status_topic, on_fence)
+        subscribed, _ = self._client.subscribe(self.status_topic, qos=1)
+        left, _ = self._client.unsubscribe(self.topics.shared_infer(self.settings.share_group))
+        sent = subscribed == left == mqtt.MQTT_ERR_SUCCESS
+        if not sent or not acknowledged.wait(LEAVE_TIMEOUT_S):
             return  # not connected: nothing more is coming
-        deadline = time.monotonic() + timeout_s
-        left.wait(timeout_s)
-        while time.monotonic() - self._last_request < quiet_s and time.monotonic() < deadline:
-            time.sleep(quiet_s / 5)
+        if refused:
+            log.warning("worker %s may not read its own report topic %s (%s): requests the broker still holds for"
+                        " it are lost as it leaves; grant the workers `topic readwrite %s` (fedge-cloud acl does)",
+                        self.settings.worker_id, self.status_topic, refused[0], self.topics.worker_reports)
+            return
+        self._unacknowledged.add(self._client.publish(self.status_topic, json.dumps(fence), qos=1))
+        if not fenced.wait(LEAVE_TIMEOUT_S):
+            log.warning("worker %s left without its fence coming back within %g s: requests the broker still held"
+                        " for it may be lost (may it read %s? fedge-cloud acl grants `topic readwrite %s`)",
+                        self.settings.worker_id, LEAVE_TIMEOUT_S, self.status_topic, self.topics.worker_reports)
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         """Join the share group after every (re)connect, unless stopping: a reconnect while draining must not rejoin."""
@@ -162,7 +192,6 @@ class Worker:
         Nothing may escape: paho re-raises a callback's exception, and its network thread would die
         silently (no replies, nothing received, and nobody notices).
         """
-        self._last_request = time.monotonic()
         target: tuple[str, Properties | None] | None = None
         request: InferRequest | None = None
         try:
@@ -281,7 +310,7 @@ class Worker:
     def _answer(self, reply: InferReply | ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
         topic, request_props = target
         payload, props = encode_reply(reply, kind, request_props)
-        self._client.publish(topic, payload, qos=1, properties=props)
+        self._unacknowledged.add(self._client.publish(topic, payload, qos=1, properties=props))
 
     def _answer_safely(self, reply: ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
         """``_answer`` where a failure is logged, not raised: the last resort of the error paths."""
@@ -289,6 +318,15 @@ class Worker:
             self._answer(reply, kind, target)
         except Exception:
             log.exception("could not send a %s error reply to %s", reply.code.value, target[0])
+
+
+def _fence_of(payload: bytes | bytearray) -> str | None:
+    """The ``leaving`` token of a worker's last report, or None for any other payload."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    return doc.get("leaving") if isinstance(doc, dict) else None
 
 
 def fitted(request: InferRequest, model: ServedModel) -> InferRequest:
