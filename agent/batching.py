@@ -158,14 +158,30 @@ class MicroBatcher:
         """Push one request (the condition's lock held)."""
         if self._closing:
             raise BatcherClosed("the model is shutting down")
+        item = _Item((-priority, next(self._seq)), x, future, time.monotonic())
         if len(self._heap) >= self.max_queue_depth:
-            raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
-        heapq.heappush(self._heap, _Item((-priority, next(self._seq)), x, future, time.monotonic()))
+            self._shed_for(item)
+        heapq.heappush(self._heap, item)
         self._queued_rows += len(x)
         # Wake the worker only when it has something to do: first work, or the rows it waits for. A
         # wake-up per arrival would cost it a GIL hand-off for every row while a batch fills.
         if len(self._heap) == 1 or self._queued_rows >= self._fill_rows:
             self._cond.notify()
+
+    def _shed_for(self, item: _Item) -> None:
+        """Make room in a full queue for a request of higher priority than the lowest queued, or refuse it.
+
+        The lowest-priority, newest request waiting is failed with QueueFull (its caller answers
+        ``overloaded``), so under overload the most important requests are the ones still served.
+        """
+        lowest = max(self._heap)
+        if lowest <= item:  # nothing waits at a lower priority than this request
+            raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
+        self._heap.remove(lowest)
+        heapq.heapify(self._heap)
+        self._queued_rows -= len(lowest.x)
+        lowest.future.set_exception(QueueFull(f"local queue is full ({self.max_queue_depth} waiting) and a request"
+                                              " of higher priority took this one's place"))
 
     def close(self, drain: bool = True) -> None:
         """Stop taking requests; answer what is queued (or fail it when ``drain`` is False), then stop."""

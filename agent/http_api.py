@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -333,6 +334,15 @@ class ApiServer(ThreadingHTTPServer):
         connection, address = super().get_request()
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that hung up before its answer is one line in the log, not socketserver's traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.info("http caller %s:%s went away before its answer (%s)", client_address[0], client_address[1],
+                     error.strerror or type(error).__name__)
+        else:
+            log.error("http request from %s:%s failed", client_address[0], client_address[1], exc_info=error)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="fedge-http", daemon=True)

@@ -118,6 +118,27 @@ def test_full_queue_refuses_at_once_and_errors_stay_with_their_batch(session) ->
     batcher.close()
 
 
+def test_a_full_queue_sheds_its_newest_lowest_priority_request_for_a_higher_one(session) -> None:  # type: ignore[no-untyped-def]
+    gate = threading.Event()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return session.run(None, {"x": x})[0]
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=2)
+    one = np.zeros((1, 4), np.float32)
+    occupy(batcher, one)
+    low_first, low_last = batcher.submit(one, priority=1), batcher.submit(one, priority=1)
+    high = batcher.submit(one, priority=9)  # takes the place of the newest of the lowest
+    with pytest.raises(QueueFull, match="higher priority"):
+        low_last.result(timeout=1)
+    with pytest.raises(QueueFull, match="queue is full"):
+        batcher.submit(one, priority=1)  # nothing waits at a lower priority than this one
+    gate.set()
+    assert high.result(timeout=5).shape == (1, 3) and low_first.result(timeout=5).shape == (1, 3)
+    batcher.close()
+
+
 def test_lone_caller_runs_inline(session) -> None:  # type: ignore[no-untyped-def]
     callers: list[str] = []
     batcher = MicroBatcher(lambda x: callers.append(threading.current_thread().name) or session.run(None, {"x": x})[0],

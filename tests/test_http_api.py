@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,7 @@ from agent.http_api import ApiServer
 from cloud.local.mosquitto import free_port
 from tests.agent_support import make_profile, sample_inputs, train_small_zoo
 from tests.http_support import http_call
+from tests.mqtt_helpers import eventually
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +217,21 @@ def test_64_callers_connecting_at_once_are_all_answered(zoo: Path) -> None:
     with Agent(make_profile(zoo, None, api_port=port)), ThreadPoolExecutor(64) as pool:
         statuses = [s for answered in pool.map(caller, range(64)) for s in answered]
     assert statuses == [200] * 256
+
+
+def test_callers_that_hang_up_before_their_answer_cost_one_log_line_each_and_no_traceback(
+        zoo: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A request sent, then the connection reset (a client that timed out or was killed)."""
+    port = free_port()
+    x, _ = sample_inputs(1)
+    body = json.dumps(_good(x)).encode()
+    with caplog.at_level(logging.INFO, logger="agent.http_api"), Agent(make_profile(zoo, None, api_port=port)):
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"POST /v2/models/mnist1d/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        assert eventually(lambda: any("went away" in r.getMessage() for r in caplog.records))
+        assert http_call(port, "POST", "/v2/models/mnist1d/infer", body)[0] == 200  # and it serves on
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
