@@ -19,8 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from typing import Any, Protocol
 
-from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, decode_request
-from agent.protocol.oip import reply_document
+from agent.decimal_text import decimal
+from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary
+from agent.protocol.binary import binary_outputs, encode_reply, split_body
+from agent.protocol.codec import decode_document
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def server_metadata() -> dict[str, Any]:
         version = metadata.version("fedge")
     except metadata.PackageNotFoundError:  # run from a source tree
         version = "unknown"
-    return {"name": "fedge-agent", "version": version, "extensions": []}
+    return {"name": "fedge-agent", "version": version, "extensions": ["binary_tensor_data"]}
 
 
 def check_input_names(model: str, declared: list[str], sent: list[str]) -> None:
@@ -132,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _declared_size(self) -> int | None:
         """The body length the headers declare; None where they declare none (or nonsense)."""
         length = self.headers.get("Content-Length")
-        return int(length) if length is not None and length.isdigit() else None
+        return decimal(length) if length is not None else None
 
     def _discard_body(self) -> None:
         """Read and drop the body of a request refused before reading it, up to DISCARD_LIMIT bytes.
@@ -273,13 +275,19 @@ class _Handler(BaseHTTPRequestHandler):
         body, meta = posted
         service = self.server.service
         try:
-            request = decode_request(name, body, None, service.limits)
+            doc, binary_part = split_body(body, self.headers.get(binary.HEADER), service.limits)
+            request = decode_document(name, doc, service.limits, binary_part)
             check_input_names(name, [i["name"] for i in meta["inputs"]], list(request.inputs))
+            wanted = binary_outputs(doc, [o["name"] for o in meta["outputs"]])
             reply = service.infer(request)
         except ProtocolError as exc:
             self._error(STATUS_OF[exc.code], exc.message, exc.code)
             return
-        self._json(HTTPStatus.OK, reply_document(reply, addressed=(name, meta["versions"][0])))
+        answer, header_length = encode_reply(reply, (name, meta["versions"][0]), wanted)
+        if header_length is None:
+            self._send(HTTPStatus.OK, answer)
+        else:
+            self._send(HTTPStatus.OK, answer, binary.OCTET_STREAM, {binary.HEADER: str(header_length)})
 
     def _feedback(self, name: str) -> None:
         posted = self._model_body(name)

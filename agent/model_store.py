@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.decimal_text import decimal
 from agent.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -57,7 +58,7 @@ class ModelStore:
         model_dir = self.root / task / name
         if not model_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        return sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := decimal(p.name)) is not None)
 
     def get(self, task: str, name: str, version: int | None = None) -> StoredModel:
         """A model's manifest (the newest version unless one is given); the file is not read."""

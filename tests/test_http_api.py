@@ -94,7 +94,7 @@ def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_
     port = free_port()
     with Agent(make_profile(zoo, None, api_port=port)):
         status, server = http_call(port, "GET", "/v2")
-        assert status == 200 and server["name"] == "fedge-agent" and server["extensions"] == []  # type: ignore[index]
+        assert status == 200 and server["name"] == "fedge-agent" and server["extensions"] == ["binary_tensor_data"]  # type: ignore[index]
         assert isinstance(server["version"], str) and server["version"]  # type: ignore[index]
         assert http_call(port, "GET", "/v2/models/mnist1d/ready") == (200, {"name": "mnist1d", "ready": True})
         status, doc = http_call(port, "GET", "/v2/models/digits/ready")
@@ -235,3 +235,12 @@ def test_callers_that_hang_up_before_their_answer_cost_one_log_line_each_and_no_
         assert http_call(port, "POST", "/v2/models/mnist1d/infer", body)[0] == 200  # and it serves on
     assert "Traceback" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_content_length_in_digits_that_are_not_ascii_is_answered_411(zoo: Path) -> None:
+    """'²'.isdigit() is true and int('²') raises: the request was dropped unanswered."""
+    port = free_port()
+    with Agent(make_profile(zoo, None, api_port=port)), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall("POST /v2/models/mnist1d/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\n".encode("latin-1"))
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 411"), answer

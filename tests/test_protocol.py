@@ -32,6 +32,9 @@ from agent.protocol import (
     encode_request,
     reply_topic,
 )
+from agent.protocol.binary import binary_outputs, split_body
+from agent.protocol.codec import decode_document
+from agent.protocol.limits import DEFAULT_LIMITS
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
@@ -227,6 +230,32 @@ def test_arbitrary_json_documents_give_a_request_or_a_protocol_error(doc: dict) 
             decode()
         except ProtocolError as exc:
             assert isinstance(exc.code, ErrorCode)
+
+
+binary_tensor_like = st.fixed_dictionaries(
+    {"name": st.just("input") | json_values, "shape": st.lists(st.integers(-1, 6), max_size=3) | json_values,
+     "datatype": st.sampled_from(["FP32", "INT8", "BOOL", "BYTES"]) | json_values},
+    optional={"parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-2, 64) | json_values}),
+              "data": json_values},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=st.fixed_dictionaries({"inputs": st.lists(binary_tensor_like, max_size=3) | json_values},
+                                 optional={"outputs": json_values | st.lists(st.fixed_dictionaries(
+                                     {"name": json_values}, optional={"parameters": json_values}), max_size=2),
+                                     "parameters": json_values}),
+       raw=st.binary(max_size=96), length=st.none() | st.integers(-2, 400).map(str) | st.text(max_size=4))
+def test_arbitrary_binary_extension_bodies_give_a_request_or_a_protocol_error(doc: dict, raw: bytes,
+                                                                             length: str | None) -> None:
+    """The HTTP API's binary path: split the body, decode the document, choose the outputs."""
+    head = json.dumps(doc).encode()
+    try:
+        parsed, rest = split_body(head + raw, str(len(head)) if length is None else length, DEFAULT_LIMITS)
+        assert isinstance(decode_document("mnist1d", parsed, DEFAULT_LIMITS, rest), InferRequest)
+        binary_outputs(parsed, ["probabilities"])
+    except ProtocolError as exc:
+        assert isinstance(exc.code, ErrorCode) and exc.message
 
 
 def test_topics() -> None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.manifest import Manifest, ManifestError, TensorSpec, load_manifest
+from agent.model_store import ModelStore
 from agent.protocol import ProtocolError
 from agent.protocol.window import decode_window
 from agent.signing import verify
@@ -125,3 +126,10 @@ def test_any_training_window_message_gives_a_window_or_a_protocol_error(payload:
         return
     window.is_open()
     window.expiry_s()
+
+
+def test_a_store_directory_named_in_non_ascii_digits_is_no_version(tmp_path: Path) -> None:
+    """'²'.isdigit() is true and int('²') raises: listing the versions crashed on such a directory."""
+    for name in ("1", "²", "٣", "x"):
+        (tmp_path / "mnist1d" / "mnist1d-edge" / name).mkdir(parents=True)
+    assert ModelStore(tmp_path).versions("mnist1d", "mnist1d-edge") == [1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paho.mqtt.properties import Properties
 
@@ -27,6 +27,9 @@ from agent.protocol.messages import (
 )
 from agent.protocol.properties import WireProperties
 from agent.protocol.topics import publishable
+
+if TYPE_CHECKING:
+    from agent.protocol.binary import BinaryPart
 
 CONTENT_TYPE_TENSORS = "application/x-fedge-tensors"
 CONTENT_TYPE_JSON = "application/json"
@@ -144,11 +147,16 @@ def decode_request(
             "fusion": first.get(P_FUSION),
         }
         return _request_from_params(task, inputs, params, BodyKind.RAW)
-    doc = oip.parse_body(payload, limits)
+    return decode_document(task, oip.parse_body(payload, limits), limits)
+
+
+def decode_document(task: str, doc: dict[str, Any], limits: Limits = DEFAULT_LIMITS,
+                    binary: BinaryPart | None = None) -> InferRequest:
+    """A request from a parsed OIP inference document (``binary``: the raw part of a binary-extension body)."""
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "\"parameters\" must be an object")
-    inputs = oip.decode_tensors(doc.get("inputs"), "inputs", limits)
+    inputs = oip.decode_tensors(doc.get("inputs"), "inputs", limits, binary)
     return _request_from_params(task, inputs, {**params, "id": doc.get("id")}, BodyKind.JSON)
 
 

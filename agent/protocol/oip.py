@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from agent.protocol.errors import ErrorCode, ProtocolError
 from agent.protocol.limits import Limits
 from agent.protocol.messages import InferReply
 from agent.protocol.tensors import check_shape, element_count
+
+if TYPE_CHECKING:
+    from agent.protocol.binary import BinaryPart
 
 
 def parse_body(body: bytes | bytearray, limits: Limits) -> dict[str, Any]:
@@ -48,14 +51,20 @@ def _flatten(data: object, count: int) -> list[object]:
     return flat
 
 
-def decode_tensor(spec: object, limits: Limits) -> tuple[str, np.ndarray]:
-    """One OIP tensor object to a named array, checking shape, type and length."""
+def decode_tensor(spec: object, limits: Limits, binary: BinaryPart | None = None) -> tuple[str, np.ndarray]:
+    """One OIP tensor object to a named array, checking shape, type and length.
+
+    ``binary``: the raw part of a binary-extension body, where inputs with ``parameters.binary_data_size``
+    take their bytes from (binary.py).
+    """
     if not isinstance(spec, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "each input must be an object with name, shape, datatype, data")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in spec]
+    params = spec.get("parameters")
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    missing = [k for k in ("name", "shape", "datatype", *(() if size is not None else ("data",))) if k not in spec]
     if missing:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"input is missing {', '.join(missing)}")
-    name, shape, datatype, data = spec["name"], spec["shape"], spec["datatype"], spec["data"]
+    name, shape, datatype = spec["name"], spec["shape"], spec["datatype"]
     if not isinstance(name, str) or not name:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "input name must be a non-empty string")
     if not isinstance(shape, list):
@@ -65,7 +74,9 @@ def decode_tensor(spec: object, limits: Limits) -> tuple[str, np.ndarray]:
     dtype = dtypes.by_oip(datatype)
     dims = check_shape(shape, limits)
     count = element_count(dims)
-    flat = _flatten(data, count)
+    if size is not None:
+        return name, _binary_tensor(name, spec, size, dtype.numpy, dims, binary)
+    flat = _flatten(spec["data"], count)
     if len(flat) != count:
         raise ProtocolError(
             ErrorCode.SHAPE_MISMATCH,
@@ -81,18 +92,38 @@ def decode_tensor(spec: object, limits: Limits) -> tuple[str, np.ndarray]:
     return name, array
 
 
-def decode_tensors(items: object, field: str, limits: Limits) -> dict[str, np.ndarray]:
-    """The ``inputs`` (or ``outputs``) list of an OIP document."""
+def _binary_tensor(name: str, spec: dict[str, Any], size: object, dtype: np.dtype, dims: tuple[int, ...],
+                   binary: BinaryPart | None) -> np.ndarray:
+    """An input whose bytes follow the JSON header (a view onto the body, no copy)."""
+    if binary is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r} has parameters.binary_data_size, but the body has"
+                            " no binary part: send its JSON length in the Inference-Header-Content-Length header")
+    if "data" in spec:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r} has both data and binary_data_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: binary_data_size must be a byte count")
+    needed = element_count(dims) * dtype.itemsize
+    if size != needed:
+        raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"input {name!r}: shape {list(dims)} of {spec['datatype']} is"
+                            f" {needed} bytes; binary_data_size says {size}")
+    return np.ndarray(dims, dtype, binary.take(name, size))
+
+
+def decode_tensors(items: object, field: str, limits: Limits, binary: BinaryPart | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The ``inputs`` (or ``outputs``) list of an OIP document (``binary``: see decode_tensor)."""
     if not isinstance(items, list) or not items:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"\"{field}\" must be a non-empty list of tensors")
     if len(items) > limits.max_tensors:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(items)} tensors; at most {limits.max_tensors} are allowed")
     tensors: dict[str, np.ndarray] = {}
     for spec in items:
-        name, array = decode_tensor(spec, limits)
+        name, array = decode_tensor(spec, limits, binary)
         if name in tensors:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensor {name!r} appears twice")
         tensors[name] = array
+    if binary is not None:
+        binary.check_used()
     return tensors
 
 

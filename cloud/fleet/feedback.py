@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from agent.config.validation_errors import describe
+from agent.decimal_text import decimal
 from agent.protocol.topics import check_segment
 from cloud.registry.base import Registry
 
@@ -82,10 +83,10 @@ def feedback_of(heartbeat: dict[str, Any]) -> FeedbackReport | None:
         parsed = _Section.model_validate(section)
     except ValidationError as exc:
         raise ValueError(f"bad feedback section: {describe(exc)}") from None
-    counts = {(task, name, int(version)): (c.n, c.correct)
+    counts = {(task, name, number): (c.n, c.correct)
               for task, names in parsed.tasks.items() for name, versions in names.items()
               for version, c in versions.items()
-              if version.isascii() and version.isdigit() and 0 < int(version) <= MAX_COUNT and c.n > 0}
+              if (number := decimal(version)) is not None and 0 < number <= MAX_COUNT and c.n > 0}
     return FeedbackReport(parsed.session, counts)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.decimal_text import decimal
 from agent.manifest import ManifestError
 from agent.model_store import ModelStore, StoredModel
 from agent.signing import SignatureError, verify
@@ -238,8 +239,8 @@ class Rollout:
         active = [m.version for m in self.registry.active(plan.task) if m.name == plan.name and m.version != plan.version]
         if active:
             return active[0]
-        running = [int(v) for d in self.registry.devices() if d.group == plan.group
-                   for t, v in d.models.items() if t == plan.task and v.isdigit() and int(v) < plan.version]
+        running = [n for d in self.registry.devices() if d.group == plan.group for t, v in d.models.items()
+                   if t == plan.task and (n := decimal(v)) is not None and n < plan.version]
         return max(running) if running else None
 
     def _roll_back(self, plan: RolloutPlan, canary: list[str], back: _Rollback | None, why: str,
