@@ -20,7 +20,7 @@ from agent.manifest import ManifestError
 from agent.mqtt_client import BrokerSettings
 from agent.profile import ConfigError, load_profile
 from agent.profile.schema import Profile
-from agent.protocol import InferRequest, ProtocolError, decode_request
+from agent.protocol import InferRequest, ProtocolError, decode_request, oip
 from agent.protocol.oip import reply_document
 from agent.uplink import Uplink
 
@@ -202,5 +202,5 @@ def run_infer(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ProtocolError) as exc:
         print(f"fedge-agent infer: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    print(json.dumps(reply_document(reply), indent=2))
+    print(oip.dumps(reply_document(reply), indent=True).decode())
     return ExitCode.OK

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from agent.decimal_text import decimal
-from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary
+from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary, oip
 from agent.protocol.binary import binary_outputs, encode_reply, split_body
 from agent.protocol.codec import decode_document
 
@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(doc).encode(), headers=headers)
+        self._send(status, oip.dumps(doc), headers=headers)
 
     def _error(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST,
                headers: dict[str, str] | None = None) -> None:

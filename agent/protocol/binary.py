@@ -10,7 +10,6 @@ more than the model that reads them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -104,7 +103,7 @@ def encode_reply(reply: InferReply, addressed: tuple[str, str], wanted: dict[str
             document["outputs"].append({"name": name, "shape": list(array.shape), "datatype": dtypes.of_array(array).oip,
                                         "parameters": {"binary_data_size": len(raw)}})
             chunks.append(raw)
-    header = json.dumps(document).encode()
+    header = oip.dumps(document)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

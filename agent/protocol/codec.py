@@ -6,7 +6,6 @@ answer it with an error reply and keep serving.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -194,7 +193,7 @@ def encode_request(
             if v is not None
         }
         doc = {"id": request.request_id, "inputs": oip.encode_tensors(request.inputs), "parameters": params}
-        body = json.dumps(doc).encode()
+        body = oip.dumps(doc)
         props = _properties(CONTENT_TYPE_JSON, [])
     if response_topic:
         props.set("ResponseTopic", response_topic)
@@ -225,13 +224,13 @@ def encode_reply(
     if isinstance(reply, ErrorReply):
         doc = {"error": reply.message, "code": reply.code.value, "id": reply.request_id}
         props = _properties(CONTENT_TYPE_JSON, [(P_STATUS, reply.code.value), (P_REQUEST_ID, reply.request_id)])
-        body = json.dumps(doc).encode()
+        body = oip.dumps(doc)
     elif kind is BodyKind.RAW:
         headers, body = tensors.encode(reply.outputs)
         pairs = [(tensors.TENSOR_PROPERTY, h) for h in headers] + _reply_pairs(reply)
         props = _properties(CONTENT_TYPE_TENSORS, pairs)
     else:
-        body = json.dumps(oip.reply_document(reply)).encode()
+        body = oip.dumps(oip.reply_document(reply))
         props = _properties(CONTENT_TYPE_JSON, [(P_STATUS, STATUS_OK), (P_REQUEST_ID, reply.request_id)])
     correlation = getattr(request_props, "CorrelationData", None) if request_props is not None else None
     if correlation is not None:

