@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,16 @@ class PingPong:
         for _ in range(3):
             self.round_trips(Case(1, 16), 10)
 
-    def round_trips(self, case: Case, count: int) -> list[float]:
-        """``count`` round-trip times in milliseconds."""
+    def round_trips(self, case: Case, count: int, before_each: Callable[[], object] | None = None) -> list[float]:
+        """``count`` round-trip times in milliseconds; ``before_each`` runs inside each timing, before the ping."""
         self._qos = case.qos
         payload = b"\x00" * case.payload_bytes
         rtts = []
         for _ in range(count):
             self._pong.clear()
             start = time.perf_counter()
+            if before_each is not None:
+                before_each()
             self.a.publish(PING, payload, qos=case.qos)
             if not self._pong.wait(5.0):
                 raise TimeoutError(f"no pong within 5 s ({case})")
