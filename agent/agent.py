@@ -103,7 +103,13 @@ class Agent:
         for task, spec in p.models.items():
             policy = p.offload.get(task)
             depth = policy.max_queue_depth if policy else DEFAULT_QUEUE_DEPTH
-            self._tasks[task] = Route.of(LocalModel.load(task, spec, p, self.store, max_queue_depth=depth), policy)
+            model = LocalModel.load(task, spec, p, self.store, max_queue_depth=depth)
+            if policy is not None and model.output_kind == "other":
+                model.batcher.close()
+                raise ValueError(f"offload.{task}: the model {model.name} has no class scores (its output is"
+                                 f" {model.output_kind!r}: boxes, embeddings or the like), so a confidence policy"
+                                 f" cannot judge its answers; remove offload.{task} to serve it locally")
+            self._tasks[task] = Route.of(model, policy)
         if p.updates.enabled:  # the release key is checked before anything connects
             from agent.updates import Updater  # signature checks load cryptography: only where updates are on
 

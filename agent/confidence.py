@@ -7,8 +7,11 @@ way: max_prob (top-1 probability), margin (top-1 minus top-2) and entropy
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from agent.manifest import OutputKind
 from agent.profile.offload import Metric
 
 
@@ -19,6 +22,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=-1, keepdims=True)
     return z
+
+
+def output_scores(kind: OutputKind, temperature: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    """What a model's first output becomes in an answer.
+
+    Logits: calibrated probabilities. Probabilities (the graph ends in its own Softmax): as they are; a
+    second softmax would flatten them ([0.37, 0.63] became [0.435, 0.565]). Any other output: as it is.
+    """
+    if kind == "logits":
+        return lambda out: softmax(out, temperature)
+    return lambda out: np.asarray(out, dtype=np.float32)
 
 
 def confidence(probs: np.ndarray, metric: Metric) -> np.ndarray:

@@ -24,6 +24,10 @@ MANIFEST_FILE = "manifest.json"
 PATH_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+OutputKind = Literal["logits", "probabilities", "other"]
+ADDED_LATER = ("output_kind",)  # fields a manifest signed before they existed does not have
+
+
 class ManifestError(Exception):
     """A manifest or model file that cannot be trusted; the message names the file."""
 
@@ -56,6 +60,10 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     recipe: dict[str, Any] | None = None
     temperature: float = Field(1.0, gt=0, description="Calibration temperature: softmax(logits / T)")
+    output_kind: OutputKind | None = Field(
+        None, description="What the first output holds: logits (softmax(logits / T) gives the answer),"
+        " probabilities (already a distribution: used as is) or other (no class scores: boxes, embeddings;"
+        " no confidence offload). None: logits, as every manifest before this field.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
 
@@ -81,17 +89,28 @@ class Manifest(BaseModel):
             return "int8"
         return quantization if quantization in ("fp32", "fp16") else None
 
+    @property
+    def kind(self) -> OutputKind:
+        return self.output_kind or "logits"
+
     def signed_bytes(self) -> bytes:
-        """The canonical bytes a signature covers: every field but the signature."""
-        return unsigned_bytes(self)
+        """The canonical bytes a signature covers: every field but the signature.
+
+        Fields added later count only when set, so a manifest signed before they existed still verifies.
+        """
+        return unsigned_bytes(self, unset_later=ADDED_LATER)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=False) + "\n"
 
 
-def unsigned_bytes(document: BaseModel) -> bytes:
-    """A signed document's canonical bytes: every field but ``signature``, as sorted compact JSON."""
-    doc = document.model_dump(mode="json", exclude={"signature"})
+def unsigned_bytes(document: BaseModel, unset_later: tuple[str, ...] = ()) -> bytes:
+    """A signed document's canonical bytes: every field but ``signature``, as sorted compact JSON.
+
+    ``unset_later``: fields left out while None (added after documents were signed without them).
+    """
+    doc = document.model_dump(mode="json", exclude={"signature", *(f for f in unset_later
+                                                                     if getattr(document, f) is None)})
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.batching import MicroBatcher
-from agent.confidence import softmax
-from agent.manifest import Manifest
+from agent.confidence import output_scores
+from agent.manifest import Manifest, OutputKind
 from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
 from agent.profile.schema import Profile
@@ -48,6 +48,7 @@ class LocalModel:
     name: str
     version: str
     temperature: float
+    output_kind: OutputKind
     spec: ModelSpec
     batcher: MicroBatcher
     manifest: Manifest | None
@@ -61,11 +62,13 @@ class LocalModel:
             path: Path = stored.model_path
             manifest = stored.manifest
             name, version, temperature = manifest.name, str(manifest.version), manifest.temperature
+            kind = manifest.kind
             check_precision(task, spec, manifest)
         else:
             assert spec.path is not None
             path = profile.resolve_path(spec.path)
             name, version, temperature = path.stem, "local", 1.0
+            kind = spec.output_kind or "logits"
         hardware = profile.hardware
         session = open_session(path, hardware.ort_providers(), intra_op_threads=hardware.intra_op_threads,
                                inter_op_threads=hardware.inter_op_threads)
@@ -75,15 +78,17 @@ class LocalModel:
                              f" (models.{task}.input.name)")
         output = session.get_outputs()[0].name
 
+        scores = output_scores(kind, temperature)
+
         def run(batch: np.ndarray) -> np.ndarray:
             # Calibrated once per batch, not once per caller: the callers' threads share one GIL.
-            return softmax(session.run([output], {declared: batch})[0], temperature)
+            return scores(session.run([output], {declared: batch})[0])
 
         batcher = MicroBatcher(run, max_batch_size=spec.batching.max_batch_size,
                                max_queue_delay_ms=spec.batching.max_queue_delay_ms,
                                max_queue_depth=max_queue_depth, name=task)
         log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
-        return cls(task, name, version, temperature, spec, batcher, manifest)
+        return cls(task, name, version, temperature, kind, spec, batcher, manifest)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """The request tensor as the model takes it, or the protocol's error naming the mismatch.

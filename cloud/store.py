@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from agent.manifest import MANIFEST_FILE, Manifest, sha256_file
+from agent.manifest import MANIFEST_FILE, Manifest, OutputKind, sha256_file
 from agent.model_store import ModelStore, StoredModel
 from cloud.export import io_specs
 
@@ -38,6 +38,7 @@ def publish(
     metrics: dict[str, float],
     recipe: dict[str, Any] | None = None,
     temperature: float = 1.0,
+    output_kind: OutputKind | None = None,
     parent: Manifest | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> StoredModel:
@@ -65,6 +66,7 @@ def publish(
             metrics=metrics,
             recipe=recipe,
             temperature=temperature,
+            output_kind=output_kind,
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
         if checkpoint is not None:

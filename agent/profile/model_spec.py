@@ -92,6 +92,13 @@ class ModelSpec(StrictModel):
         " what a release is (fedge-cloud compress); the agent warns when one differs.",
     )
     input: InputSpec = Field(description="The model's input tensor.")
+    output_kind: Literal["logits", "probabilities", "other"] | None = Field(
+        None,
+        description="For a `path` model: what its first output holds. logits (the default):"
+        " the agent applies softmax; probabilities (the graph ends in a Softmax): used as they"
+        " are; other (boxes, embeddings, regression): no class scores, so no offload policy. A"
+        " store model's manifest says this itself.",
+    )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="Dynamic micro-batching."
     )
@@ -107,6 +114,12 @@ class ModelSpec(StrictModel):
             raise rule_broken(
                 "both name and path are set: keep name (from the store) or path (a local file)",
                 "path",
+            )
+        if self.name is not None and self.output_kind is not None:
+            raise rule_broken(
+                "output_kind describes a local file; a store model's manifest says what it outputs:"
+                " remove output_kind or use path",
+                "output_kind",
             )
         if self.path is not None and self.version is not None:
             raise rule_broken(

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from agent.confidence import softmax
+from agent.confidence import output_scores
 from agent.manifest import ManifestError, TensorSpec
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
@@ -103,14 +103,14 @@ class ServedModel:
     version: str
     session: Any
     input: TensorSpec  # the model input as its manifest declares it (shape None: any size, e.g. the batch)
-    temperature: float
+    scores: Callable[[np.ndarray], np.ndarray]  # the first output as answers carry it (agent.confidence)
     accuracy: float | None
     latency: LatencyEwma = field(default_factory=LatencyEwma)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities for a batch, timing the run into the latency EWMA."""
+        """Calibrated probabilities (or a model's other output) for a batch, timing the run into the latency EWMA."""
         started = time.perf_counter()
-        probs = softmax(self.session.run(None, {self.input.name: x})[0], self.temperature)
+        probs = self.scores(self.session.run(None, {self.input.name: x})[0])
         self.latency.observe(len(x), (time.perf_counter() - started) * 1000)
         return probs
 
@@ -137,7 +137,7 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     m = stored.manifest
     spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec, m.temperature, accuracy_of(m.metrics, live))
+                        spec, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live))
     row = [d or 1 for d in spec.shape[1:]]
     model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
     for batch in sorted({1, max_batch}):
