@@ -8,8 +8,8 @@ import sys
 import time
 
 # In the order a reader wants them: the transport baseline first.
-BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "footprint", "compression", "cascade", "workers",
-              "fleet", "federated", "soak")
+BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "serving_peers", "footprint", "compression",
+              "cascade", "workers", "fleet", "federated", "soak")
 
 
 def main() -> int:
