@@ -5,7 +5,7 @@
 A custom ``kserve.Model`` per file, the pattern KServe documents for a custom
 runtime: ``predict`` (synchronous) runs the session on the decoded OIP v2
 request. Per-request logging (latency lines, uvicorn's access log) is off, as
-fedge and Triton log nothing per request. Imports nothing from fedge.
+fedge and Triton log nothing per request. From fedge it imports only agent.session (onnxruntime alone).
 """
 
 from __future__ import annotations
@@ -13,22 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import kserve  # type: ignore[import-not-found]
 import numpy as np
-import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse
 
-
-def session(path: str, threads: int) -> ort.InferenceSession:
-    """The session options every server in the benchmark uses (fedge's agent/session.py)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+from agent.session import open_session  # the repository is on PYTHONPATH (servers.py): fedge's own options
 
 
 class OnnxModel(kserve.Model):  # type: ignore[misc]  # kserve has no type information here
@@ -39,7 +31,7 @@ class OnnxModel(kserve.Model):  # type: ignore[misc]  # kserve has no type infor
         self.path, self.threads = path, threads
 
     def load(self) -> bool:
-        self.session = session(self.path, self.threads)
+        self.session = open_session(Path(self.path), intra_op_threads=self.threads)
         self.input = self.session.get_inputs()[0]
         self.output = self.session.get_outputs()[0]
         self.ready = True

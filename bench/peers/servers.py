@@ -27,6 +27,7 @@ from bench.cloud_rig import cpu_seconds
 from cloud.local.mosquitto import free_port
 
 PEERS_DIR = Path(__file__).resolve().parent
+REPOSITORY = PEERS_DIR.parents[1]  # on the peers' PYTHONPATH: they open sessions with agent.session, as fedge does
 FEDGE_AGENT = str(Path(sys.executable).with_name("fedge-agent"))
 READY_TIMEOUT_S = 120.0
 
@@ -128,7 +129,7 @@ def start_kserve(stack: ExitStack, work: Path, python: Path, models: list[Served
     port = free_port()
     argv = [str(python), str(PEERS_DIR / "kserve_server.py"), "--listen-port", str(port),
             "--intra-op-threads", str(threads), *_serve_args(models)]
-    return started(stack, "kserve", argv, port, work / "kserve.log")
+    return started(stack, "kserve", argv, port, work / "kserve.log", env={"PYTHONPATH": str(REPOSITORY)})
 
 
 def start_triton(stack: ExitStack, work: Path, python: Path, libdir: str, models: list[Served], threads: int,
@@ -140,4 +141,5 @@ def start_triton(stack: ExitStack, work: Path, python: Path, libdir: str, models
             str(work / "triton-workspace"), *_serve_args(models),
             *(arg for m in models for arg in ("--max-batch", f"{m.name}={m.max_batch}"))]
     library_path = os.pathsep.join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
-    return started(stack, "triton", argv, port, work / "triton.log", env={"LD_LIBRARY_PATH": library_path})
+    return started(stack, "triton", argv, port, work / "triton.log", env={"LD_LIBRARY_PATH": library_path,
+                                                                         "PYTHONPATH": str(REPOSITORY)})

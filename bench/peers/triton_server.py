@@ -6,13 +6,15 @@
 Each file is one Triton model with dynamic batching on; its inference callable
 (PyTriton's ``@batch``) runs the session on the batch Triton formed. Triton's
 Python backend stub links libpython: the caller puts this interpreter's own
-library directory first on LD_LIBRARY_PATH. Imports nothing from fedge.
+library directory first on LD_LIBRARY_PATH. From fedge it imports only
+agent.session (onnxruntime alone), so every server opens sessions alike.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,15 +23,7 @@ from pytriton.decorators import batch  # type: ignore[import-not-found]
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # type: ignore[import-not-found]
 from pytriton.triton import Triton, TritonConfig  # type: ignore[import-not-found]
 
-
-def session(path: str, threads: int) -> ort.InferenceSession:
-    """The session options every server in the benchmark uses (fedge's agent/session.py)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+from agent.session import open_session  # the repository is on PYTHONPATH (servers.py): fedge's own options
 
 
 def callable_for(sess: ort.InferenceSession) -> Callable[..., dict[str, np.ndarray]]:
@@ -57,7 +51,7 @@ def main() -> None:
     with Triton(config=config, workspace=args.workspace) as triton:
         for item in args.serve:
             name, path = item.split("=", 1)
-            sess = sessions[name] = session(path, args.intra_op_threads)
+            sess = sessions[name] = open_session(Path(path), intra_op_threads=args.intra_op_threads)
             inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
             row_shape: Any = tuple(d if isinstance(d, int) else -1 for d in inp.shape[1:])
             triton.bind(model_name=name, infer_func=callable_for(sess),
