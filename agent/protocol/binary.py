@@ -99,8 +99,9 @@ def encode_reply(reply: InferReply, addressed: tuple[str, str], wanted: dict[str
     chunks: list[bytes] = []
     for name, array in reply.outputs.items():
         if wanted.get(name):
-            raw = np.ascontiguousarray(array, dtype=dtypes.of_array(array).numpy).tobytes()
-            document["outputs"].append({"name": name, "shape": list(array.shape), "datatype": dtypes.of_array(array).oip,
+            wire = dtypes.of_array(array)
+            raw = np.ascontiguousarray(array, dtype=wire.numpy).tobytes()
+            document["outputs"].append({"name": name, "shape": list(array.shape), "datatype": wire.oip,
                                         "parameters": {"binary_data_size": len(raw)}})
             chunks.append(raw)
     header = oip.dumps(document)
