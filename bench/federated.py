@@ -12,7 +12,9 @@ weights leave the devices. In the same run:
   as many passes. Goal ``accuracy_vs_central_20_rounds`` >= 0.95.
 * ``closed_loop``: per round, the offload share the cascade needs to reach 0.99x
   the cloud's accuracy with the aggregate as the edge model. Goal
-  ``offload_ratio_round10_vs_round0`` <= 0.6.
+  ``offload_ratio_round10_vs_round0`` <= 0.6, on the mean over three fleets
+  (three draws of the devices' class mixes and streams): one fleet's ratio ranged
+  0.50 to 0.93 with the same recipe, so a single fleet says more about its draw.
 * Each round's wall time split into the devices' training and Flower's share, on
   the simulation engine and on the deployment engine (a real SuperLink and two real
   SuperNodes on loopback), and the bytes each device sends and receives per round.
@@ -50,8 +52,12 @@ TASK = "mnist1d"
 # Measured on this fleet (10 rounds each, offload needed at round 10 / round 0): lr 0.02 x 3 epochs collapses
 # round 1 (89.5 % -> 53 %) and recovers slowly; 0.005 x 3: 1.03x; 0.002 x 3: 1.11x; fedavgm (momentum 0.9):
 # 1.48x; fedprox (mu 0.1): 0.98x; 0.002 x 10 epochs with 10 % audits: 0.73x. Gentle steps, more of them.
+# With BatchNorm statistics frozen on the devices (agent/federated/training.py), mean of three fleets:
+# 0.002 x 10: 0.72x (1.03x re-estimating them); x 2 epochs: 1.12x; x 20: 0.74x; 0.003: 0.82x;
+# fedprox mu 0.1: 0.69x; server momentum 0.5: 0.79x; distillation only: 0.81x; T=1: 0.82x; head only: 0.99x.
 DEVICE_EPOCHS = 10
 LEARNING_RATE = 0.002
+FLEET_SEEDS = (0, 1, 2)  # the goal's fleets; the first is the one every other run here uses
 
 
 def _run(store: ModelStore, work: Path, data: DataOptions, name: str, plan: FleetPlan, rounds: int, *,
@@ -110,12 +116,15 @@ def main(argv: list[str] | None = None) -> Path:
         store = ModelStore(work / "store")
         train_zoo(store, TASK, args.quick)
         records = _run(store, work, data, "fedavg", plan, rounds)
+        central = centralized(store, work, data, rounds * DEVICE_EPOCHS)  # before another run rebuilds the fleet
         # real SuperLink and SuperNodes on loopback: what a round costs when every message starts a ClientApp process
         deployed = [] if args.quick else _run(store, work, data, "deployment", dataclasses.replace(plan, devices=2),
                                               3, engine="deployment", min_nodes=2)
         audited = [] if args.quick else _run(store, work, data, "audit-10pct", dataclasses.replace(plan, audit_rate=0.10),
                                              min(10, rounds))  # quick: one run of each kind at most, ~10 s each
-        central = centralized(store, work, data, rounds * DEVICE_EPOCHS)
+        at = min(10, rounds)
+        fleets = [records] + [_run(store, work, data, f"fleet-{seed}", dataclasses.replace(plan, seed=seed), at)
+                              for seed in ([] if args.quick else FLEET_SEEDS[1:])]
         dp_rounds = max(1, rounds // 2)
         # quick: one run of each kind (each simulation starts Ray anew, ~10 s)
         noises = (0.5,) if args.quick else (0.1, 0.5)
@@ -128,10 +137,14 @@ def main(argv: list[str] | None = None) -> Path:
     timed = [r for r in records[1:] if r.participants]
     accuracy = [r.accuracy or 0.0 for r in records]
     offload = [r.offload_rate or 0.0 for r in records]
-    at = min(10, rounds)
+    ratios = [(runs[at].offload_rate or 0.0) / max(runs[0].offload_rate or 0.0, 1e-9) for runs in fleets]
     metrics: dict[str, Any] = {
         "fl_accuracy": {"rounds": [r.round for r in records], "accuracy": accuracy},
-        "closed_loop": {"offload_needed": offload, "raw_data_left_devices": False},
+        "closed_loop": {"offload_needed": offload, "raw_data_left_devices": False,
+                        "fleets": {f"seed_{seed}": {"offload_needed": [r.offload_rate for r in runs[:at + 1]],
+                                                    "accuracy": [r.accuracy for r in runs[:at + 1]],
+                                                    f"ratio_round{at}_vs_round0": round(ratio, 4)}
+                                   for seed, runs, ratio in zip(FLEET_SEEDS, fleets, ratios, strict=False)}},
         "centralized": central,
         "cloud_accuracy": records[0].details["cloud_accuracy"],
         "samples_kept": sum(r.examples for r in records[1:2]),
@@ -155,12 +168,13 @@ def main(argv: list[str] | None = None) -> Path:
     }
     goals = {
         "accuracy_vs_central_20_rounds": Goal(round(accuracy[-1] / central["accuracy"], 4), ">=", 0.95),
-        "offload_ratio_round10_vs_round0": Goal(round(offload[at] / max(offload[0], 1e-9), 4), "<=", 0.6),
+        "offload_ratio_round10_vs_round0": Goal(round(float(np.mean(ratios)), 4), "<=", 0.6),
     }
     path = write_result("federated", {"task": TASK, "devices": devices, "dirichlet": plan.dirichlet,
                                       "rounds": rounds, "samples_per_device": per_device,
                                       "threshold": plan.threshold, "audit_rate": plan.audit_rate,
                                       "device_epochs": DEVICE_EPOCHS, "learning_rate": LEARNING_RATE,
+                                      "fleet_seeds": list(FLEET_SEEDS[:len(fleets)]),
                                       "engine": "flower simulation (ray)", "quick": args.quick},
                         metrics, goals, results_dir=args.results_dir)
     plot(metrics, path.with_suffix(".png"))

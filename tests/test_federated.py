@@ -355,3 +355,28 @@ def test_fl_loop_quick_runs_the_closed_loop_with_every_part_and_leaves_nothing_r
     leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                  if "fedge-loop-" in _cmdline(pid) and ("flower" in _cmdline(pid) or "flwr" in _cmdline(pid))]
     assert not leftovers, [_cmdline(p) for p in leftovers]
+
+
+def test_fine_tuning_keeps_batchnorm_statistics_and_trains_everything_else(zoo: Path) -> None:
+    """A device's few, skewed, hard samples must not re-estimate the statistics every device normalizes by."""
+    import torch
+
+    from agent.federated.architectures import ArchConfig, build
+    from agent.federated.training import Recipe, fine_tune, float_state
+    from agent.samples import TrainingSet
+    from cloud.store import load_checkpoint
+
+    checkpoint = load_checkpoint(ModelStore(zoo).get("mnist1d", "mnist1d-edge"))
+    model = build(ArchConfig.from_dict(checkpoint["arch"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    before = float_state(model)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(33, 40)) * 5 + 3).astype(np.float32)  # far from the data the statistics came from
+    fine_tune(model, TrainingSet(x, np.full((33, 10), np.nan, np.float32), np.full(33, 7)), 10,
+              Recipe(epochs=2, batch_size=32))  # the second batch holds one row: it trains too
+    after = float_state(model)
+    statistics = [name for name in before if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(np.array_equal(before[n], after[n]) for n in statistics)
+    assert all(not np.array_equal(before[n], after[n]) for n in before if n not in statistics)
+    assert not model.training and all(not m.training for m in model.modules()
+                                      if isinstance(m, torch.nn.modules.batchnorm.BatchNorm1d))
