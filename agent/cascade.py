@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.audit import Auditor
 from agent.batching import BatcherClosed, QueueFull
-from agent.confidence import confidence, fuse
+from agent.confidence import confidence, fuse, top_labels
 from agent.metrics import AgentMetrics
 from agent.policy import (
     CapacityLimits,
@@ -172,7 +172,8 @@ class Cascade:
             source, probs = Source.FUSED, fuse(local_probs, probs, route.fusion_weight)
         self.metrics.offload_ms.add(round_trip_ms)
         return InferReply({OUTPUT: probs}, answer.model_name, answer.model_version, request.request_id, source, False,
-                          {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms})
+                          {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms},
+                          top_labels(probs, route.model.labels))
 
     def _local_reply(self, route: Route, request: InferRequest, probs: np.ndarray, timings: dict[str, float],
                      finite: bool, degraded: Reason | None = None) -> InferReply:
@@ -190,7 +191,7 @@ class Cascade:
         if degraded is not None:
             self.metrics.degraded.labels(model.task, degraded.value).inc()
         return InferReply({OUTPUT: probs}, model.name, model.version, request.request_id, Source.EDGE,
-                          degraded is not None, timings)
+                          degraded is not None, timings, top_labels(probs, model.labels))
 
     def _pressure(self, route: Route) -> Pressure:
         depth, wait_ms = route.model.batcher.load()

@@ -7,7 +7,7 @@ way: max_prob (top-1 probability), margin (top-1 minus top-2) and entropy
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,11 +28,21 @@ def output_scores(kind: OutputKind, temperature: float = 1.0) -> Callable[[np.nd
     """What a model's first output becomes in an answer.
 
     Logits: calibrated probabilities. Probabilities (the graph ends in its own Softmax): as they are; a
-    second softmax would flatten them ([0.37, 0.63] became [0.435, 0.565]). Any other output: as it is.
+    second softmax would flatten them ([0.37, 0.63] became [0.435, 0.565]); calibrated, softmax(log p / T).
+    Any other output: as it is.
     """
     if kind == "logits":
         return lambda out: softmax(out, temperature)
+    if kind == "probabilities" and temperature != 1.0:
+        return lambda out: softmax(np.log(np.clip(out, 1e-12, None)), temperature)
     return lambda out: np.asarray(out, dtype=np.float32)
+
+
+def top_labels(probs: np.ndarray, labels: Sequence[str] | None) -> tuple[str, ...]:
+    """Each row's top class by name; () where the classes have no names (or the scores are not one per label)."""
+    if not labels or probs.ndim != 2 or probs.shape[1] != len(labels):
+        return ()
+    return tuple(labels[i] for i in probs.argmax(axis=1))
 
 
 def confidence(probs: np.ndarray, metric: Metric) -> np.ndarray:

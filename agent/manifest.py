@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.config.validation_errors import describe
 
@@ -24,8 +24,9 @@ MANIFEST_FILE = "manifest.json"
 PATH_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+MAX_LABEL = 200  # characters of one class label
 OutputKind = Literal["logits", "probabilities", "other"]
-ADDED_LATER = ("output_kind",)  # fields a manifest signed before they existed does not have
+ADDED_LATER = ("output_kind", "labels")  # fields a manifest signed before they existed does not have
 
 
 class ManifestError(Exception):
@@ -64,6 +65,9 @@ class Manifest(BaseModel):
         None, description="What the first output holds: logits (softmax(logits / T) gives the answer),"
         " probabilities (already a distribution: used as is) or other (no class scores: boxes, embeddings;"
         " no confidence offload). None: logits, as every manifest before this field.")
+    labels: list[str] | None = Field(
+        None, description="Class names, one per class score of the first output, in order: answers name their"
+        " top class with them. None: the model's classes have no names (answers carry indices only).")
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     signature: str | None = Field(None, description="Ed25519 signature over signed_bytes(), base64")
 
@@ -74,6 +78,23 @@ class Manifest(BaseModel):
         if value == MANIFEST_FILE:
             raise ValueError(f"the model file may not be called {MANIFEST_FILE}")
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def check_labels(cls, value: list[str] | None) -> list[str] | None:
+        """One line of text per class: a label is shown in answers and logs, so it may be neither empty nor several lines."""
+        for i, label in enumerate(value or []):
+            if not label.strip() or "\n" in label or "\r" in label or len(label) > MAX_LABEL:
+                raise ValueError(f"label {i + 1} ({label[:40]!r}) must be one line of 1 to {MAX_LABEL} characters")
+        return value
+
+    @model_validator(mode="after")
+    def check_label_count(self) -> Manifest:
+        """As many labels as the first output has class scores, where the graph fixes that number."""
+        classes = self.outputs[0].shape[-1] if self.labels is not None and self.outputs and self.outputs[0].shape else None
+        if classes is not None and self.labels is not None and len(self.labels) != classes:
+            raise ValueError(f"{len(self.labels)} labels for {classes} classes of output {self.outputs[0].name!r}")
+        return self
 
     @property
     def precision(self) -> str | None:

@@ -101,3 +101,8 @@ class LocalModel:
         x = fit_batch(x, want.shape, f"task {self.task}")
         require_finite(x, f"task {self.task}")
         return x
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The classes' names, where the release has them (a profile's local file has none)."""
+        return self.manifest.labels if self.manifest else None

@@ -20,13 +20,14 @@ def subcommands() -> tuple[Registrar, ...]:
     from cloud.compress.commands import add_compress
     from cloud.federated.commands import add_fl
     from cloud.fleet.commands import add_acl, add_devices, add_listen
-    from cloud.imports.commands import add_import
+    from cloud.imports.commands import add_calibrate, add_import
     from cloud.registry.commands import add_state_actions
     from cloud.releases.commands import add_keys, add_publish, add_rollout
     from cloud.serving.commands import add_serve
     from cloud.zoo.commands import add_models, add_train
 
-    models_actions = (add_import, add_state_actions, add_publish)  # `models` actions beyond `list` live with what they drive
+    # `models` actions beyond `list` live with what they drive
+    models_actions = (add_import, add_calibrate, add_state_actions, add_publish)
     return (add_train, partial(add_models, more_actions=models_actions), add_compress, add_serve, add_acl,
             add_devices, add_listen, add_keys, add_rollout, add_fl)
 

@@ -39,6 +39,7 @@ def publish(
     recipe: dict[str, Any] | None = None,
     temperature: float = 1.0,
     output_kind: OutputKind | None = None,
+    labels: list[str] | None = None,
     parent: Manifest | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> StoredModel:
@@ -67,6 +68,7 @@ def publish(
             recipe=recipe,
             temperature=temperature,
             output_kind=output_kind,
+            labels=labels if labels is not None else parent.labels if parent else None,
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
         if checkpoint is not None:

@@ -73,6 +73,7 @@ class InferReply:
     source: Source = Source.CLOUD
     degraded: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()  # each row's top class by name, where the model's classes have names
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,8 @@ def reply_document(reply: InferReply, addressed: tuple[str, str] | None = None) 
     """
     parameters: dict[str, Any] = {"source": reply.source.value, "degraded": reply.degraded,
                                   "timings_ms": reply.timings_ms}
+    if reply.labels:
+        parameters["labels"] = list(reply.labels)
     name, version = reply.model_name, reply.model_version
     if addressed is not None:
         parameters["served_by"] = {"name": name, "version": version}

@@ -22,6 +22,26 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+                               bins: int = 15) -> float:
+    """ECE: how far top-1 confidence is from top-1 accuracy, averaged over equal-width confidence bins by row count.
+
+    0 means "80 % sure" is right 80 % of the time; the offload threshold in a profile is read that way.
+    """
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    confidence, right = probs.max(axis=1), probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            gap += rows.sum() * abs(confidence[rows].mean() - right[rows].mean())
+    return float(gap / len(labels))
+
+
 @dataclass(frozen=True)
 class Calibration:
     temperature: float

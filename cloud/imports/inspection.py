@@ -35,6 +35,7 @@ class Inspected:
     outputs: list[TensorSpec]
     output_kind: OutputKind
     why: str  # how output_kind was decided, for the user to check
+    classes: int | None  # class scores per row of the first output (its last axis on the zero run); None: other
 
 
 def inspect_model(path: Path, told: OutputKind | None = None) -> Inspected:
@@ -63,7 +64,7 @@ def inspect_model(path: Path, told: OutputKind | None = None) -> Inspected:
         raise ImportRefused(f"{path}: its first output is taken for probabilities ({why}), but on zero inputs its"
                             f" rows do not sum to 1 ({np.asarray(first).reshape(len(first), -1).sum(-1)[:4]}):"
                             " say --outputs logits or --outputs other")
-    return Inspected(inputs, outputs, kind, why)
+    return Inspected(inputs, outputs, kind, why, None if kind == "other" else int(first.shape[-1]))
 
 
 def _shown(shape: list[int | None]) -> str:

@@ -106,6 +106,7 @@ class ServedModel:
     scores: Callable[[np.ndarray], np.ndarray]  # the first output as answers carry it (agent.confidence)
     accuracy: float | None
     latency: LatencyEwma = field(default_factory=LatencyEwma)
+    labels: list[str] | None = None  # the classes' names (manifest), for answers to name their top class
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (or a model's other output) for a batch, timing the run into the latency EWMA."""
@@ -137,7 +138,7 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     m = stored.manifest
     spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live))
+                        spec, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live), labels=m.labels)
     row = [d or 1 for d in spec.shape[1:]]
     model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
     for batch in sorted({1, max_batch}):

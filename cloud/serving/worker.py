@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.confidence import fuse
+from agent.confidence import fuse, top_labels
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, Unacknowledged, connect, new_client
 from agent.protocol import (
@@ -304,7 +304,7 @@ class Worker:
         timings = {"queue": (started - job.arrived) * 1000, "cloud": (finished - started) * 1000}
         self.stats.answered(request.task, (finished - job.arrived) * 1000)
         reply = InferReply({"probabilities": probs}, model.name, model.version, request.request_id, source, False,
-                           timings)
+                           timings, top_labels(probs, model.labels))
         self._answer(reply, request.kind, job.reply_to)
 
     def _answer(self, reply: InferReply | ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
