@@ -17,11 +17,12 @@ from cloud.local.mosquitto import Mosquitto, free_port
 
 
 def agent_profile(state: Path, *, batching: dict[str, Any], broker: Mosquitto | None = None,
-                  offload: dict[str, Any] | None = None, model: str = "mnist1d-edge", threads: int = 1) -> Any:
+                  offload: dict[str, Any] | None = None, model: str = "mnist1d-edge", threads: int = 1,
+                  task: str = "mnist1d", input_shape: tuple[int, ...] = (-1, 40)) -> Any:
     doc: dict[str, Any] = {
         "device": {"id": "bench", "kind": "bench"},
         "hardware": {"execution_providers": [{"type": "cpu"}], "intra_op_threads": threads},
-        "models": {"mnist1d": {"name": model, "input": {"shape": [-1, 40]}, "batching": batching}},
+        "models": {task: {"name": model, "input": {"shape": list(input_shape)}, "batching": batching}},
         "api": {"enabled": False},
         "storage": {"directory": str(state), "samples": {"enabled": False}},
         "federated": {"enabled": False},
@@ -30,7 +31,7 @@ def agent_profile(state: Path, *, batching: dict[str, Any], broker: Mosquitto | 
     if broker is not None:
         doc["broker"] = {"host": broker.host, "port": broker.port}
     if offload is not None:
-        doc["offload"] = {"mnist1d": offload}
+        doc["offload"] = {task: offload}
     return parse_profile(yaml.safe_dump(doc), "bench-profile.yaml", env={})
 
 

@@ -1,8 +1,10 @@
 """Micro-batching: throughput of 32 concurrent callers with dynamic batching on against off.
 
 The same agent, the same model, in the same run; only ``max_batch_size``
-differs (32 with a 2 ms window, or 1). Goal: batching on >= 3x the throughput
-of batching off, on the MNIST-1D cloud CNN served locally.
+differs (32 with a 2 ms window, or 1): the speedup of batching on over off, on
+the MNIST-1D cloud CNN served locally. A record, with no goal: serving_peers
+states the batching goals against Triton's dynamic batcher and bare
+``session.run``, which say more than this in-process ratio on a small model.
 ``model_per_row_gain_at_32`` records, in the same run, how much cheaper a row
 is in a batch of 32 for the bare model (about 2x for this small CNN on one
 thread): what batching wins beyond that comes from sharing the per-request
@@ -27,7 +29,7 @@ from agent.model_store import ModelStore
 from agent.protocol import InferRequest
 from agent.session import open_session
 from bench.agent_rig import calls_per_second, running_agent
-from bench.results_file import Goal, bench_arguments, write_result
+from bench.results_file import bench_arguments, write_result
 from bench.zoo_models import train_zoo
 
 CALLERS = 32  # the default local queue bound (a local-only task has max_queue_depth 32): none is refused
@@ -71,11 +73,10 @@ def main(argv: list[str] | None = None) -> Path:
             metrics.update({f"{prefix}batching_off_per_s": round(off, 1), f"{prefix}batching_on_per_s": round(on, 1),
                             f"{prefix}speedup": round(on / off, 3),
                             f"{prefix}model_per_row_gain_at_32": round(model_batch_gain(store, 32, seconds, model), 3)})
-    goals = {"speedup": Goal(metrics["speedup"], ">=", 3.0)}
     path = write_result("microbatch", {"callers": CALLERS, "seconds": seconds, "model": "mnist1d-cloud",
                                        "edge_model": "mnist1d-edge",
                                        "max_batch_size_on": 32, "max_queue_delay_ms_on": 2},
-                        metrics, goals, results_dir=args.results_dir)
+                        metrics, {}, results_dir=args.results_dir)
     print(f"microbatch: {metrics}\nmicrobatch: wrote {path}")
     return path
 

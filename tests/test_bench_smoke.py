@@ -11,6 +11,8 @@ import pytest
 
 from bench.__main__ import BENCHMARKS
 
+RECORDS = {"microbatch"}  # kept as a record: serving_peers states the batching goals (issue 14)
+
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_quick_mode_writes_its_result(name: str, tmp_path: Path) -> None:
@@ -19,7 +21,7 @@ def test_benchmark_quick_mode_writes_its_result(name: str, tmp_path: Path) -> No
     doc = json.loads(Path(path).read_text())
     assert doc["bench"] == name
     assert {"when", "env", "params", "metrics", "goals"} <= doc.keys()
-    assert doc["goals"], "a benchmark states at least one goal"
+    assert bool(doc["goals"]) is (name not in RECORDS), "a benchmark states at least one goal; a record none"
     for name, goal in doc["goals"].items():
         assert goal["op"] in ("<=", ">=") and isinstance(goal["met"], bool), name
         # a ratio over an empty or failed measurement is NaN or infinite, and would read as "not met" forever
