@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedge-installed
 ARGS ?=
 
-.PHONY: install mosquitto lint test bench demo clean help
+.PHONY: install mosquitto browser lint test bench demo clean help
 
 help:
 	@echo "make install  create $(VENV) with fedge and all extras, and make sure Mosquitto is present"
@@ -14,7 +14,7 @@ help:
 	@echo "make bench    install, then run every benchmark (results in bench/results/)"
 	@echo "make demo     install, then the end-to-end demo (ARGS=--quick for a short one)"
 
-install: $(STAMP) mosquitto
+install: $(STAMP) mosquitto browser
 
 # torch is pinned to the CPU build on the local disk before the extras ask for a range.
 $(STAMP): setup.cfg pyproject.toml
@@ -34,6 +34,17 @@ mosquitto:
 		echo "Mosquitto is missing. Install it, then run make again:"; \
 		echo "    sudo apt-get install -y mosquitto mosquitto-clients"; \
 		exit 1; \
+	fi
+
+# The dashboard's test drives a real headless browser: Debian's chromium and its driver (browser downloads are
+# not possible everywhere fedge is built). Without root it says what to install and goes on: only that test needs it.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium or chromedriver is missing: installing them with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "The dashboard test needs a browser: sudo apt-get install -y chromium chromium-driver"; \
 	fi
 
 # Style and types are checked before any test runs (config: [tool.ruff] and [tool.mypy] in pyproject.toml).

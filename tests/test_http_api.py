@@ -225,7 +225,7 @@ def test_callers_that_hang_up_before_their_answer_cost_one_log_line_each_and_no_
     port = free_port()
     x, _ = sample_inputs(1)
     body = json.dumps(_good(x)).encode()
-    with caplog.at_level(logging.INFO, logger="agent.http_api"), Agent(make_profile(zoo, None, api_port=port)):
+    with caplog.at_level(logging.INFO, logger="agent.http_server"), Agent(make_profile(zoo, None, api_port=port)):
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(b"POST /v2/models/mnist1d/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

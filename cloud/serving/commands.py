@@ -16,6 +16,7 @@ from agent.manifest import ManifestError
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerConnectError, BrokerSettings, TlsFiles
 from cloud.client_ids import instance_name
+from cloud.dashboard.server import DashboardUnavailable
 from cloud.options import add_store_option
 from cloud.registry.base import RegistryUnavailable
 from cloud.registry.open import default_registry, existing_registry
@@ -35,6 +36,7 @@ FLAG_PATHS: dict[str, DataPath] = {
     "--threads": ("workers", "threads"),
     "--prefix": ("broker", "topic_prefix"),
     "--registry": ("registry",),
+    "--dashboard": ("dashboard", "port"),
 }
 
 
@@ -74,6 +76,9 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.add_argument("--registry", metavar="URL", help="the registry of devices (fed by their heartbeats and"
                         " Last Will) and model states: a SQLite path, sqlite:///path or postgresql://... (default"
                         " $FEDGE_REGISTRY or ./var/registry.db); tasks with active versions there serve exactly those")
+    parser.add_argument("--dashboard", type=int, metavar="PORT", help="serve the operator dashboard on"
+                        " http://127.0.0.1:PORT/ (read-only: devices, models and rollouts, federated rounds, from the"
+                        " registry; config dashboard.host to listen elsewhere)")
     add_store_option(parser)
     parser.set_defaults(run=run_serve)
 
@@ -158,12 +163,14 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         template, username, password = build_settings(config, args)
         coordinator = Coordinator(template, config.workers.count, config.workers.status_interval_s,
-                                  username=username, password=password)
+                                  username=username, password=password,
+                                  dashboard=None if config.dashboard is None else (config.dashboard.host,
+                                                                                   config.dashboard.port))
     except ConfigError as exc:
         return _fail("\n".join(str(p) for p in exc.problems))
     except (ValueError, LookupError, ManifestError) as exc:
         return _fail(exc)
-    except RegistryUnavailable as exc:
+    except (RegistryUnavailable, DashboardUnavailable) as exc:
         print(f"fedge-cloud serve: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -68,6 +68,14 @@ class WorkersConfig(StrictModel):
                                      " workers report and the coordinator republishes the cloud status.")
 
 
+class DashboardConfig(StrictModel):
+    """The operator dashboard the coordinator serves (cloud/dashboard): read-only, so localhost unless you say."""
+
+    host: Host = Field("127.0.0.1", title="Host", description="Address the dashboard listens on; 0.0.0.0 shows the"
+                       " fleet's state (device ids, versions, rates) to anyone who can reach this machine.")
+    port: Port = Field(8090, title="Port", description="The dashboard's HTTP port.")
+
+
 CLOUD_CONFIG = DocumentKind("cloud config", "broker, workers, store, registry, models", None)  # empty: all defaults
 
 
@@ -84,6 +92,8 @@ class CloudConfig(FileConfig):
                                  " of devices and model states (a SQLite path, sqlite:///path or postgresql://...);"
                                  " null: $FEDGE_REGISTRY or ./var/registry.db. Tasks with active versions there are"
                                  " served at exactly those; others at the store's newest <task>-cloud* models.")
+    dashboard: DashboardConfig | None = Field(None, title="Dashboard", description="Serve the operator dashboard"
+                                              " (devices, models and rollouts, federated rounds); null: none.")
     models: dict[TaskName, Annotated[list[StoreName], Field(min_length=1)]] | None = Field(
         None, title="Models", description="Task -> the model names to serve (e.g. mnist1d: [mnist1d-cloud]); null"
         " serves every <task>-cloud* model of every task.")

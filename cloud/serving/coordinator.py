@@ -37,6 +37,7 @@ from agent.model_store import ModelStore
 from agent.mqtt_client import connect, new_client
 from agent.protocol import OFFLINE, ONLINE, Topics
 from agent.protocol.properties import WireProperties
+from cloud.dashboard.server import open_dashboard
 from cloud.fleet.devices import DeviceListener
 from cloud.registry import Registry, open_registry
 from cloud.serving.reports import ModelKey, WorkerReports, cloud_status, live_metrics
@@ -54,10 +55,12 @@ class Coordinator:
     """Owns the worker processes, the retained status and the registry connection."""
 
     def __init__(self, template: WorkerSettings, workers: int, status_interval_s: float = 1.0, *,
-                 username: str | None = None, password: str | None = None, metrics_every: int = METRICS_EVERY) -> None:
-        """Check what would be served and open the registry; workers start in ``run``.
+                 username: str | None = None, password: str | None = None, metrics_every: int = METRICS_EVERY,
+                 dashboard: tuple[str, int] | None = None) -> None:
+        """Check what would be served, open the registry and the dashboard's port; workers start in ``run``.
 
         ``username``/``password``: the coordinator's own broker user (default: the workers').
+        ``dashboard``: (host, port) of the operator dashboard (DashboardUnavailable when it cannot listen).
         ``template.worker_id`` names this serve instance on the broker (unique per host and process).
         """
         self.template = template
@@ -87,6 +90,13 @@ class Coordinator:
         self._client.on_connect = self._on_connect
         self._devices = None if self._registry is None else DeviceListener(
             self._registry, own, template.topic_prefix, client_id=f"fedge-devices-{template.worker_id}")
+        self._dashboard = None
+        if dashboard is not None:
+            try:
+                self._dashboard = open_dashboard(self._registry, *dashboard)
+            except BaseException:
+                self._close_registry()
+                raise
 
     def _spawn(self, index: int) -> Any:
         settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
@@ -129,6 +139,9 @@ class Coordinator:
             connect(self._client, broker.host, broker.port, keepalive=broker.keepalive_s)
             if self._devices is not None:
                 self._devices.start()
+            if self._dashboard is not None:
+                self._dashboard.start()
+                log.info("dashboard on http://%s:%d/", *self._dashboard.server_address[:2])
             self._workers = [self._spawn(i) for i in range(self._count)]
             log.info("started %d workers (pids %s)", self._count, self.worker_pids)
             intervals = 0
@@ -183,6 +196,8 @@ class Coordinator:
         steps: list[Callable[[], None]] = [self._stop_workers, self._say_goodbye, self._disconnect]
         if self._devices is not None:
             steps.append(self._devices.stop)
+        if self._dashboard is not None:
+            steps.append(self._dashboard.stop)
         steps.append(self._close_registry)
         for step in steps:
             try:
