@@ -207,7 +207,8 @@ def _add_simulate(actions: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--feedback-rate", type=float, default=plan.feedback_rate,
                         help="share of kept samples a user labelled")
     parser.add_argument("--min-samples", type=int, default=32, help="samples a device needs to take part")
-    parser.add_argument("--device-epochs", type=int, default=1, help="each device's federated.local_epochs")
+    parser.add_argument("--device-epochs", type=int, default=10, help="each device's federated.local_epochs (default 10,"
+                        " the profile's default)")
     parser.add_argument("--batch-size", type=int, default=32, help="each device's federated.batch_size")
     parser.add_argument("--attack", default="", help="what --attackers devices send: scale:FACTOR or nan")
     parser.add_argument("--attackers", type=int, default=0, help="devices that misbehave (the first ones)")

@@ -52,7 +52,7 @@ class LoopPlan:
     rounds_per_phase: int = 2  # K: one release per phase
     inputs_per_phase: int = 300  # per device
     dirichlet: float = 0.3
-    learning_rate: float = 0.02
+    learning_rate: float = 0.002  # the devices' profile trains 10 epochs per round
     seed: int = 0
 
 
