@@ -18,6 +18,7 @@ from agent.federated.processes import MissingFlower
 from agent.manifest import ManifestError
 from agent.mqtt_client import BrokerConnectError
 from agent.protocol import DEFAULT_PREFIX, Topics
+from cloud.dashboard.server import DashboardUnavailable
 from cloud.federated.settings import STRATEGIES, FederatedSettings
 from cloud.federated.table import HEADER, row, table
 from cloud.options import (
@@ -276,6 +277,8 @@ def _add_loop(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         help=f"inputs each agent answers per phase (default {plan.inputs_per_phase})")
     parser.add_argument("--quick", action="store_true", help="2 agents, 1 phase of 1 round, 150 inputs")
     parser.add_argument("--out", type=Path, default=Path("loop-report"), help="report directory")
+    parser.add_argument("--dashboard", type=int, default=None, metavar="PORT",
+                        help="serve the operator dashboard on http://127.0.0.1:PORT/ while the loop runs")
     add_store_option(parser)
     parser.set_defaults(run=run_loop)
 
@@ -298,8 +301,8 @@ def run_loop(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fedge-loop-") as tmp:
         try:
             store = copy_task_models(store_of(args), Path(tmp) / "store", plan.task, say=print)
-            report = closed_loop(store, Path(tmp), plan, lambda line: print(line, flush=True))
-        except (MissingFlower, TimeoutError, ManifestError, LookupError) as exc:
+            report = closed_loop(store, Path(tmp), plan, lambda line: print(line, flush=True), dashboard=args.dashboard)
+        except (MissingFlower, TimeoutError, ManifestError, LookupError, DashboardUnavailable) as exc:
             print(f"fedge-cloud fl loop: {exc}", file=sys.stderr)
             return ExitCode.UNAVAILABLE
     path = write_report(report, args.out)

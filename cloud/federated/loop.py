@@ -128,8 +128,12 @@ def _stream(agents: list[Agent], task: str, x: np.ndarray, y: np.ndarray, parts:
     tally.versions = {a.device_id: a.local_model(task).version for a in agents}
 
 
-def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[str], None]) -> LoopReport:
-    """Run the loop; every process it starts is stopped before it returns."""
+def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[str], None],
+                dashboard: int | None = None) -> LoopReport:
+    """Run the loop; every process it starts is stopped before it returns.
+
+    ``dashboard``: a port on 127.0.0.1 where the coordinator serves the operator dashboard meanwhile.
+    """
     task, registry_url = plan.task, str(work / "registry.db")
     private, public = init_keys(work / "keys", force=True)
     serving = store.get(task, f"{task}-edge")
@@ -149,7 +153,10 @@ def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[st
         settings = settings.replace(broker=broker.url)
         say(f"private broker on {broker.url}; the coordinator with 2 workers; {plan.devices} agents")
         coordinator = Coordinator(WorkerSettings(store=store.root, broker=broker.settings, worker_id="loop-worker",
-                                                 registry_url=registry_url), workers=2, status_interval_s=0.5)
+                                                 registry_url=registry_url), workers=2, status_interval_s=0.5,
+                                  dashboard=None if dashboard is None else ("127.0.0.1", dashboard))
+        if dashboard is not None:
+            say(f"dashboard: http://127.0.0.1:{dashboard}/ (while the loop runs)")
         runner = threading.Thread(target=coordinator.run, daemon=True)
         runner.start()
         agents: list[Agent] = []
