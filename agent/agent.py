@@ -117,7 +117,10 @@ class Agent:
         samples = p.storage.samples
         self.samples = SampleStore(self._state_dir / "samples.db", enabled=samples.enabled, max_rows=samples.max_rows,
                                    max_bytes=samples.max_bytes, retention_days=samples.retention_days)
-        if p.offload or p.updates.enabled or p.federated.enabled:  # releases and training windows come this way too
+        # Releases and training windows come this way too; and a device that only answers locally still
+        # reports to the fleet when its profile names a broker (heartbeats, the online/offline status).
+        reports = p.metrics.enabled and "broker" in p.model_fields_set
+        if p.offload or p.updates.enabled or p.federated.enabled or reports:
             inflight = max((policy.max_inflight for policy in p.offload.values()), default=1)
             self.uplink = Uplink(self.device_id, self.topics, self._broker, max_inflight=inflight,
                                          client_id=p.mqtt_client_id)

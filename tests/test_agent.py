@@ -449,3 +449,18 @@ def test_a_task_without_an_offload_policy_takes_the_profiles_default_queue_bound
 
     with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
         assert agent.local_model("mnist1d").batcher.max_queue_depth == PolicyBase.model_fields["max_queue_depth"].default
+
+
+def test_a_device_that_only_answers_locally_still_reports_to_the_broker_its_profile_names(
+        zoo: Path, broker: Mosquitto) -> None:
+    """No offload, updates or training: the fleet still sees it (heartbeat, status); without a broker section, no one."""
+    topics = Topics()
+    with client(broker, "registry") as registry:
+        inbox = Inbox(registry)
+        subscribe(registry, topics.device_heartbeat("test-dev"))
+        with Agent(make_profile(zoo, broker, api_port=free_port())) as agent:
+            beat = json.loads(inbox.get(timeout=5).payload)
+            assert agent.uplink is not None
+    assert beat["device_id"] == "test-dev" and beat["offload_rate"] == 0.0
+    with Agent(make_profile(zoo, None, api_port=free_port())) as alone:
+        assert alone.uplink is None  # nothing to report to: no connection attempts to a default localhost

@@ -135,8 +135,9 @@ class MetricsConfig(StrictModel):
     """Prometheus metrics on the local API and heartbeats to the cloud."""
 
     enabled: bool = Field(True, description="Collect metrics and send heartbeats. Heartbeats travel on the broker"
-                          " connection, which the agent opens when offload, updates or federated training is on: a"
-                          " device that only answers locally is not seen by the fleet's registry.")
+                          " connection, which the agent opens when offload, updates or federated training is on, or"
+                          " when the profile (or a FEDGE__BROKER__ variable) names a broker: a device that only"
+                          " answers locally and names none reports to nobody.")
     heartbeat_interval_s: float = Field(
         30.0,
         ge=1,
