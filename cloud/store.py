@@ -14,11 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from agent.manifest import MANIFEST_FILE, Manifest, OutputKind, sha256_file
 from agent.model_store import ModelStore, StoredModel
-from cloud.export import io_specs
+from cloud.onnx_io import io_specs
 
 DEFAULT_STORE = Path("store")
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -72,6 +70,8 @@ def publish(
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
         if checkpoint is not None:
+            import torch  # here, not at the top: a version without a checkpoint (an import, a calibration) needs none
+
             torch.save(checkpoint, staging / CHECKPOINT_FILE)
         staging.rename(model_dir / str(version))
     except BaseException:
@@ -85,4 +85,6 @@ def load_checkpoint(stored: StoredModel) -> dict[str, Any]:
     path = stored.directory / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {stored.manifest.task}/{stored.manifest.name} has no checkpoint")
+    import torch
+
     return torch.load(path, weights_only=False)

@@ -96,16 +96,24 @@ def _bad_data(tmp: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One imported classifier for the bad-data cases (a refused calibration writes nothing, so they can share it)."""
+    root = tmp_path_factory.mktemp("imported")
+    exported = export_module(Classifier(softmax=False), torch.zeros(2, 3, 16, 16), root / "m.onnx",
+                             input_name="pixels")
+    assert import_model(root, exported).returncode == 0
+    return root
+
+
 @pytest.mark.parametrize("case", ["no labels", "wrong shape", "rows differ", "label past the classes", "float labels",
                                   "NaN", "object array", "not npz", "missing"])
-def test_data_that_does_not_fit_the_model_writes_nothing_and_says_why(tmp_path: Path, case: str) -> None:
-    exported = export_module(Classifier(softmax=False), torch.zeros(2, 3, 16, 16), tmp_path / "m.onnx",
-                             input_name="pixels")
-    assert import_model(tmp_path, exported).returncode == 0
+def test_data_that_does_not_fit_the_model_writes_nothing_and_says_why(imported: Path, tmp_path: Path,
+                                                                      case: str) -> None:
     data, says = _bad_data(tmp_path)[case]
-    ran = _calibrate(tmp_path, data)
+    ran = _calibrate(imported, data)
     assert ran.returncode == 2 and says in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
-    assert ModelStore(tmp_path / "state" / "models").versions(TASK, f"{TASK}-cloud") == [1]
+    assert ModelStore(imported / "state" / "models").versions(TASK, f"{TASK}-cloud") == [1]
 
 
 def test_a_model_without_class_scores_or_not_in_the_store_is_refused(tmp_path: Path) -> None:

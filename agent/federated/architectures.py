@@ -12,10 +12,11 @@ them from here (the agent never imports the cloud).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def _spatial_after(config: ArchConfig) -> int:
 
 def build(config: ArchConfig) -> nn.Sequential:
     """The torch model for a config; input [N, *input_shape], output logits [N, classes]."""
+    from torch import nn  # here: reading configs (the zoo's task list, every fedge-cloud command) needs no torch
+
     conv, norm, pool = (
         (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if config.kind == "conv1d" else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
     )
@@ -86,4 +89,6 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def example_input(config: ArchConfig, batch: int = 1) -> torch.Tensor:
+    import torch
+
     return torch.zeros((batch, *config.input_shape), dtype=torch.float32)

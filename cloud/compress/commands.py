@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config.problems import ConfigError
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from cloud.compress.recipe import load_recipe
-from cloud.compress.report import write_report
-from cloud.compress.search import NoModelToCompress, SearchResult, search
 from cloud.options import add_store_option, store_of
 from cloud.store import publish
-from cloud.zoo.pipeline import model_name
-from cloud.zoo.tasks import TASKS, UnknownTask
+from cloud.zoo.tasks import TASKS, UnknownTask, model_name
+
+if TYPE_CHECKING:
+    from cloud.compress.search import SearchResult
 
 
 def add_compress(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,6 +63,9 @@ def _release(args: argparse.Namespace, result: SearchResult) -> str:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from cloud.compress.report import write_report  # torch and matplotlib: only when a model is compressed
+    from cloud.compress.search import NoModelToCompress, search
+
     out = args.out or Path("reports") / args.task
     if not args.max_accuracy_drop >= 0:  # NaN too: no variant could ever be within it
         print(f"fedge-cloud compress: --max-accuracy-drop must be 0 or more points, got {args.max_accuracy_drop}",

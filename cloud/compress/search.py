@@ -31,8 +31,7 @@ from cloud.compress.prune import apply_unstructured, make_permanent, prune_struc
 from cloud.compress.recipe import Recipe, Unstructured
 from cloud.export import export_onnx
 from cloud.store import load_checkpoint
-from cloud.zoo.pipeline import model_name
-from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task
+from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task, model_name
 from cloud.zoo.train import seed_everything, train_classifier
 
 

@@ -27,8 +27,6 @@ from agent.model_store import ModelStore
 from agent.profile import load_profile
 from agent.protocol import Topics
 from cloud.federated.fleet_data import FleetPlan, dirichlet_partition, stream_pool
-from cloud.federated.rounds import current_release
-from cloud.federated.serve import serve
 from cloud.federated.settings import FederatedSettings
 from cloud.federated.superlink import SuperLink
 from cloud.local.agents import Tally, local_overrides, stream
@@ -80,7 +78,8 @@ class LoopReport:
 
 def copy_task_models(source: ModelStore, target: Path, task: str, say: Callable[[str], None]) -> ModelStore:
     """The task's newest cloud and edge models copied into ``target`` (trained into ``source`` first if missing)."""
-    from cloud.zoo.pipeline import model_name, train_and_publish
+    from cloud.zoo.pipeline import train_and_publish
+    from cloud.zoo.tasks import model_name
 
     for role in ("cloud", "edge"):
         name = model_name(task, role)
@@ -134,6 +133,8 @@ def closed_loop(store: ModelStore, work: Path, plan: LoopPlan, say: Callable[[st
 
     ``dashboard``: a port on 127.0.0.1 where the coordinator serves the operator dashboard meanwhile.
     """
+    from cloud.federated.serve import serve  # torch and Flower: not for `fl loop --help`
+
     task, registry_url = plan.task, str(work / "registry.db")
     private, public = init_keys(work / "keys", force=True)
     serving = store.get(task, f"{task}-edge")
@@ -193,6 +194,8 @@ def _wait_for_release(agents: list[Agent], store: ModelStore, registry_url: str,
 
     A promotion returns once the release is published; each agent downloads and swaps it in its own time.
     """
+    from cloud.federated.rounds import current_release
+
     with open_registry(registry_url) as registry:
         version = current_release(store, registry, task, f"{task}-edge").manifest.version
     deadline = time.monotonic() + timeout

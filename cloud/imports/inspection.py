@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from agent.manifest import OutputKind, TensorSpec
 from agent.protocol import SUPPORTED_DTYPES
-from cloud.export import io_specs
+from cloud.onnx_io import io_specs
 
 PROBABILITY_TOLERANCE = 1e-3  # rows of a distribution sum to 1 within this
 

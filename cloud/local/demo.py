@@ -28,8 +28,8 @@ from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import WorkerSettings
 from cloud.store import default_store_root
-from cloud.zoo.pipeline import model_name, train_and_publish
-from cloud.zoo.tasks import DataOptions, get_task
+from cloud.zoo.pipeline import train_and_publish
+from cloud.zoo.tasks import DataOptions, get_task, model_name
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = ("raspberry-pi-4", "x86-gateway")

@@ -8,15 +8,19 @@ of every sample without changing any label.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from torch.nn import functional as F
+if TYPE_CHECKING:  # the task list names this function; only training runs it, and imports torch then
+    import torch
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Augment = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]
 
 
 def shift_images(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Shift each image of an [N, C, H, W] batch by a random (dy, dx) in [-max_shift, max_shift], zero-filled."""
+    import torch
+    from torch.nn import functional as F
+
     n, _, height, width = x.shape
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2, n), generator=generator)
     padded = F.pad(x, (max_shift,) * 4)

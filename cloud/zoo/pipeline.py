@@ -10,7 +10,7 @@ from agent.federated.architectures import ArchConfig, build, parameter_count
 from agent.model_store import ModelStore, StoredModel
 from cloud.export import export_onnx
 from cloud.store import publish
-from cloud.zoo.tasks import DataOptions, get_task
+from cloud.zoo.tasks import DataOptions, get_task, model_name
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
 
 
@@ -18,11 +18,6 @@ from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifi
 class TrainResult:
     stored: StoredModel
     test_accuracy: float
-
-
-def model_name(task: str, role: str) -> str:
-    """Store name of a zoo model, e.g. ``mnist1d-edge``."""
-    return f"{task}-{role}"
 
 
 def train_and_publish(

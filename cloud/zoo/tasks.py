@@ -129,3 +129,8 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise UnknownTask(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def model_name(task: str, role: str) -> str:
+    """Store name of a zoo model, e.g. ``mnist1d-edge``."""
+    return f"{task}-{role}"
