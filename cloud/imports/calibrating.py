@@ -93,16 +93,16 @@ def load_labelled(path: Path, inputs: list[TensorSpec], classes: int | None) -> 
         held = set(archive.files)
         wanted = {s.name: s.name if s.name in held or len(inputs) > 1 else next(
             (k for k in ("x_val", "x") if k in held), s.name) for s in inputs}
-        wanted["labels"] = next((k for k in ("y_val", "y") if k in held), "y_val")
-        missing = [key for key in wanted.values() if key not in held]
+        label_key = next((k for k in ("y_val", "y") if k in held), "y_val")
+        missing = [key for key in (*wanted.values(), label_key) if key not in held]
         if missing:
             raise CalibrationRefused(f"{path}: no array {missing[0]!r} (it holds {sorted(held)}): give x_val and"
                                      " y_val, or one array per input name and y_val")
         try:
             arrays = {name: archive[key] for name, key in wanted.items()}
+            labels = archive[label_key]
         except ValueError:  # an object array: it would need pickle, which is never loaded
             raise CalibrationRefused(f"{path}: holds object arrays; save plain numeric arrays") from None
-    labels = arrays.pop("labels")
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) == 0:
         raise CalibrationRefused(f"{path}: labels must be a non-empty 1-D integer array, got {labels.dtype}"
                                  f" {list(labels.shape)}")
