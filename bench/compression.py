@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.model_store import ModelStore
-from bench.results_file import Goal, bench_arguments, write_result
+from bench.results_file import Goal, bench_arguments, print_goals, write_result
 from bench.zoo_models import data_options, train_zoo
 from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = write_result("compression", params, metrics, goals, results_dir=args.results_dir)
     for task in TASKS:
         plot(metrics[task]["cloud"], path.with_name(f"compression_{task}.png"))
-    for name, goal in goals.items():
-        print(f"  {name}: {goal.value} {goal.op} {goal.target} {'met' if goal.met else 'NOT MET'}")
+    print_goals("compression", goals)
     print(f"compression: wrote {path}")
     return path
 

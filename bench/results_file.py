@@ -37,6 +37,12 @@ class Goal:
         return {"op": self.op, "target": self.target, "value": self.value, "met": self.met}
 
 
+def print_goals(bench: str, goals: dict[str, Goal]) -> None:
+    """One line per goal on the terminal: its value, the target and whether it is met."""
+    for name, goal in goals.items():
+        print(f"{bench}: {name} = {goal.value} ({goal.op} {goal.target}: {'met' if goal.met else 'NOT met'})")
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

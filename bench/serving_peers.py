@@ -53,7 +53,7 @@ from bench.peers.floor import floor
 from bench.peers.load_client import LoadClientError, Measured, Point, measure
 from bench.peers.plot import plot
 from bench.peers.servers import Served, Server, ServerFailed, start_fedge, start_kserve, start_triton, wait_ready
-from bench.results_file import RESULTS_DIR, Goal, bench_arguments, write_result
+from bench.results_file import RESULTS_DIR, Goal, bench_arguments, print_goals, write_result
 from bench.zoo_models import train_zoo
 from cloud.store import publish
 
@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = write_result("serving_peers", params, metrics, goals, results_dir=args.results_dir)
     plot(metrics["servers"], metrics["floor"], list(params["models"]), list(MODES),
          (args.results_dir or RESULTS_DIR) / "serving_peers.png")
-    for name, goal in goals.items():
-        print(f"serving_peers: {name} = {goal.value} ({goal.op} {goal.target}: {'met' if goal.met else 'NOT met'})")
+    print_goals("serving_peers", goals)
     print(f"serving_peers: wrote {path}")
     return path
 
