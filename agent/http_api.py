@@ -12,12 +12,11 @@ import functools
 import json
 import logging
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from importlib import metadata
 from typing import Any, Protocol
 
 from agent.decimal_text import decimal
-from agent.http_server import BackgroundHttpServer
+from agent.http_server import BackgroundHttpServer, ResponseHandler
 from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary, oip
 from agent.protocol.binary import binary_outputs, encode_reply, split_body
 from agent.protocol.codec import decode_document
@@ -103,24 +102,11 @@ class InferenceService(Protocol):
     def metrics_text(self) -> tuple[bytes, str]: ...
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(ResponseHandler):
     server: ApiServer
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:  # the client must not send its next request on this connection
-            self.send_header("Connection", "close")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send(status, oip.dumps(doc), headers=headers)

@@ -1,4 +1,4 @@
-"""A threaded HTTP server on a background thread, with the socket settings every fedge server needs."""
+"""fedge's HTTP servers: a threaded server on a background thread, and the one way its handlers respond."""
 
 from __future__ import annotations
 
@@ -6,10 +6,29 @@ import logging
 import socket
 import sys
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class ResponseHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1, every response with its length (and no body for HEAD)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:  # the client must not send its next request on this connection
+            self.send_header("Connection", "close")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 class BackgroundHttpServer(ThreadingHTTPServer):

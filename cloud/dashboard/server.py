@@ -11,11 +11,10 @@ import json
 import logging
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 
-from agent.http_server import BackgroundHttpServer
+from agent.http_server import BackgroundHttpServer, ResponseHandler
 from cloud.dashboard.snapshot import snapshot
 from cloud.registry import Registry, RegistryUnavailable
 
@@ -23,37 +22,30 @@ log = logging.getLogger(__name__)
 PAGE = resources.files("cloud.dashboard").joinpath("page.html")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(ResponseHandler):
     server: DashboardServer
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("dashboard %s", format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def _page(self, status: int, body: bytes, content_type: str) -> None:
+        self._send(status, body, content_type, {"Cache-Control": "no-store"})  # the state changes every poll
 
     def do_GET(self) -> None:  # the name http.server looks up
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+            self._page(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/state":
             status, doc = self.server.state()
-            self._send(status, json.dumps(doc).encode(), "application/json")
+            self._page(status, json.dumps(doc).encode(), "application/json")
         else:
-            self._send(HTTPStatus.NOT_FOUND, b'{"error": "not found: the dashboard serves / and /api/state"}',
+            self._page(HTTPStatus.NOT_FOUND, b'{"error": "not found: the dashboard serves / and /api/state"}',
                        "application/json")
 
     do_HEAD = do_GET
 
     def _refuse(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', "application/json")
+        self._page(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', "application/json")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
