@@ -45,6 +45,7 @@ class _Handler(ResponseHandler):
     do_HEAD = do_GET
 
     def _refuse(self) -> None:
+        self.close_connection = True  # its body is never read: the connection cannot carry another request
         self._page(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', "application/json")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
