@@ -58,9 +58,11 @@ test: install lint
 bench: install
 	$(PY) -m bench $(ARGS)
 
-# Trains (or reuses ./store) the zoo's models, then a private broker, 2 workers, 2 agents.
+# The closed loop on one machine (fedge-cloud fl loop): the cloud model trained into ./store if missing, a private
+# broker with the fleet's ACL, the coordinator with 2 workers, 4 agents from the shipped profiles, federated rounds
+# and signed rollouts; the dashboard on a free port meanwhile. Report: demo-report/report.md. ARGS=--quick: ~1 min.
 demo: install
-	$(PY) -m cloud.local.demo $(ARGS)
+	$(VENV)/bin/fedge-cloud fl loop --out demo-report --dashboard 0 $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -20,11 +20,13 @@ from agent.agent import Agent
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings
 from agent.profile.schema import Profile
+from agent.profile.updates import ShadowGate
 from agent.protocol import InferReply, InferRequest, Topics
 from agent.samples import SampleStore
 from agent.signing import KeyFileError
 from agent.updates import Release
 from agent.updates.artifact import ArtifactWait
+from agent.updates.shadow import judge
 from agent.updates.updater import Updater
 from agent.uplink import Uplink
 from cloud.local.mosquitto import Mosquitto
@@ -159,6 +161,24 @@ def test_a_bad_release_is_refused_and_the_old_model_keeps_serving(
         assert serving_version(agent) == "1"
         assert report["heartbeat"]["models"][TASK] == "1"
     assert ModelStore(tmp_path / "state" / "models").versions(TASK, NAME) == [1]
+
+
+def test_the_shadow_gate_lets_a_release_fix_the_old_models_mistakes_but_not_undo_its_right_answers() -> None:
+    """The sample store keeps mostly hard cases; a better model changes the old one's wrong answers there."""
+    gate = ShadowGate()  # keep 80 % of the old model's right answers; lose at most 5 points of accuracy
+    labels = np.arange(100) % 10
+    old = labels.copy()
+    old[::2] = (labels[::2] + 1) % 10  # the old model is right on half the kept samples
+    fixes = labels.copy()  # right everywhere: it differs from the old model on 50 % of the samples
+    assert judge(old, fixes, labels, gate).passed
+    undoes = fixes.copy()
+    undoes[1:40:2] = (labels[1:40:2] + 3) % 10  # 20 of the old model's 50 right answers turned wrong
+    verdict = judge(old, undoes, labels, gate)
+    assert not verdict.passed and "keeps the running model's answer on 60% of the 50" in verdict.reason, verdict
+    worse = old.copy()
+    worse[1:16:2] = (labels[1:16:2] + 3) % 10  # keeps 42 of 50 right answers (84 %), accuracy 50 % -> 42 %
+    verdict = judge(old, worse, labels, gate)
+    assert not verdict.passed and "more than 5% worse" in verdict.reason, verdict
 
 
 def test_downgrade_is_refused_but_a_signed_rollback_goes_back(tmp_path: Path, broker: Mosquitto,

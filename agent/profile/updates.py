@@ -24,7 +24,9 @@ class ShadowGate(StrictModel):
         0.8,
         ge=0,
         le=1,
-        description="Least share of samples where the new model's class equals the old model's.",
+        description="Least share of the recent samples the old model answers right (by the user's label, else"
+        " the cloud's class) on which the new model gives the same class. Where the old model is wrong the new"
+        " one may differ: that is what a better model does on the hard cases the store keeps.",
     )
     max_accuracy_drop: float = Field(
         0.05,

@@ -1,9 +1,14 @@
 """Shadow evaluation: the new model runs beside the old one on recent traffic before it may serve.
 
 Recent traffic is what the sample store kept: offloaded inputs with the
-cloud's answers (and users' labels where they sent feedback). The new model
-must mostly agree with the old one and must not be clearly less accurate
-against the cloud's labels; otherwise the old model keeps serving.
+cloud's answers (and users' labels where they sent feedback). Where the old
+model answers right, the new one must mostly give the same answer, and it must
+not be clearly less accurate against those labels; otherwise the old model
+keeps serving. Agreement is counted only where the old model is right: the
+kept samples are mostly the hard cases the old model was unsure of, and a
+better model is meant to change its wrong answers there (measured: a
+fine-tuned release more accurate on held-out data agreed with its parent on
+50 % of 139 kept samples, and a gate on plain agreement refused it).
 """
 
 from __future__ import annotations
@@ -87,13 +92,21 @@ def evaluate(old: LocalModel, new: LocalModel, traffic: Traffic, gate: ShadowGat
         raise NotJudged(f"a shadow run took longer than {RESULT_TIMEOUT_S:g} s") from None
     except BatcherClosed:
         raise NotJudged("a model closed (the agent is stopping)") from None
-    agreement = float((old_classes == new_classes).mean())
-    old_accuracy = float((old_classes == traffic.labels).mean())
-    new_accuracy = float((new_classes == traffic.labels).mean())
+    return judge(old_classes, new_classes, traffic.labels, gate)
+
+
+def judge(old_classes: np.ndarray, new_classes: np.ndarray, labels: np.ndarray, gate: ShadowGate) -> Verdict:
+    """``gate`` applied to both models' classes on the same labelled samples."""
+    n = len(labels)
+    old_right = old_classes == labels
+    kept = int(old_right.sum())
+    agreement = float((new_classes[old_right] == old_classes[old_right]).mean()) if kept else 1.0
+    old_accuracy = float(old_right.mean())
+    new_accuracy = float((new_classes == labels).mean())
     measured = Verdict(True, f"passed the shadow gate on {n} recent samples", n, agreement, old_accuracy, new_accuracy)
     if agreement < gate.min_agreement:
-        return replace(measured, passed=False, reason=f"agrees with the running model on {agreement:.0%} of {n}"
-                       f" recent samples; the gate needs {gate.min_agreement:.0%}")
+        return replace(measured, passed=False, reason=f"keeps the running model's answer on {agreement:.0%} of the"
+                       f" {kept} recent samples it answers right; the gate needs {gate.min_agreement:.0%}")
     if new_accuracy < old_accuracy - gate.max_accuracy_drop:
         return replace(measured, passed=False, reason=f"accuracy against the cloud's labels {new_accuracy:.0%},"
                        f" the running model's {old_accuracy:.0%}: more than {gate.max_accuracy_drop:.0%} worse")

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from agent.command_line import os_error_reason, print_help_of
 from agent.config.problems import ConfigError
@@ -256,29 +257,48 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 # -- loop --------------------------------------------------------------------------------
+QUICK: dict[str, Any] = {"phases": 2, "rounds_per_phase": 1, "inputs_per_phase": 300}  # about 2 minutes
+
+
 def _add_loop(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cloud.federated.loop import LoopPlan
 
     plan = LoopPlan()
     parser = actions.add_parser(
-        "loop", help="the whole closed loop on one machine: agents, cloud, rounds, releases",
-        description="Start a private broker, the coordinator with 2 workers and --devices agents (the shipped"
-        " raspberry-pi-4 profile), stream each agent's own non-IID inputs, then per phase: open the training window,"
-        " run --rounds-per-phase federated rounds on real SuperNodes, compress, sign and roll out the aggregate"
-        " through the canary and shadow gate, and stream again. Works on a copy of the store's task models (trained"
-        " first if missing). Writes OUT/loop.json and OUT/loop.png.",
+        "loop", help="the whole closed loop on one machine: agents, cloud, rounds, releases (make demo runs it)",
+        description="Start a private broker (one user per device and service, the fleet's ACL), the coordinator"
+        " with 2 workers and --devices agents from the shipped profiles, stream each agent's own non-IID inputs,"
+        " then per phase: open the training window, run --rounds-per-phase federated rounds on real SuperNodes,"
+        " compress, sign and roll out the aggregate through the canary and shadow gate, and stream again. The fleet"
+        " starts from a first edge release trained on --first-edge-rows labelled rows; the cloud model comes from"
+        " the store (trained into it first if missing, reused next time). Progress on the terminal; writes"
+        " OUT/report.md with plots, and OUT/loop.json. Ctrl-C stops everything it started and writes what ran.",
     )
     parser.add_argument("--task", default=plan.task, help=f"task (default {plan.task})")
+    parser.add_argument("--profiles", default=",".join(plan.profiles),
+                        help=f"shipped profiles the devices run, in turn (default {','.join(plan.profiles)})")
     parser.add_argument("--devices", type=int, default=plan.devices, help=f"agents (default {plan.devices})")
-    parser.add_argument("--phases", type=int, default=plan.phases, help=f"training phases (default {plan.phases})")
-    parser.add_argument("--rounds-per-phase", type=int, default=plan.rounds_per_phase,
-                        help=f"rounds before each release (default {plan.rounds_per_phase})")
-    parser.add_argument("--inputs", type=int, default=plan.inputs_per_phase,
-                        help=f"inputs each agent answers per phase (default {plan.inputs_per_phase})")
-    parser.add_argument("--quick", action="store_true", help="2 agents, 1 phase of 1 round, 150 inputs")
-    parser.add_argument("--out", type=Path, default=Path("loop-report"), help="report directory")
+    parser.add_argument("--phases", type=int, default=None,
+                        help=f"training phases (default {plan.phases}; --quick {QUICK['phases']})")
+    parser.add_argument("--rounds-per-phase", type=int, default=None,
+                        help=f"rounds before each release (default {plan.rounds_per_phase};"
+                        f" --quick {QUICK['rounds_per_phase']})")
+    parser.add_argument("--inputs", type=int, default=None,
+                        help=f"inputs each agent answers per phase (default {plan.inputs_per_phase};"
+                        f" --quick {QUICK['inputs_per_phase']})")
+    parser.add_argument("--dirichlet", type=float, default=plan.dirichlet,
+                        help=f"how skewed each device's class mix is: Dirichlet alpha, smaller is more skewed"
+                        f" (default {plan.dirichlet:g})")
+    parser.add_argument("--first-edge-rows", type=int, default=plan.first_edge_rows,
+                        help=f"labelled rows the first edge release is trained on (default {plan.first_edge_rows});"
+                        " 0 starts from the store's edge model")
+    parser.add_argument("--quick", action="store_true",
+                        help="the same parts, shorter (about 2 minutes): fewer phases and inputs; --phases,"
+                        " --rounds-per-phase and --inputs still apply")
+    parser.add_argument("--out", type=Path, default=Path("loop-report"), help="report directory (default loop-report)")
     parser.add_argument("--dashboard", type=int, default=None, metavar="PORT",
-                        help="serve the operator dashboard on http://127.0.0.1:PORT/ while the loop runs")
+                        help="serve the operator dashboard on http://127.0.0.1:PORT/ while the loop runs (0: a free"
+                        " port, printed)")
     add_store_option(parser)
     parser.set_defaults(run=run_loop)
 
@@ -286,33 +306,47 @@ def _add_loop(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run_loop(args: argparse.Namespace) -> int:
     import tempfile
 
-    from cloud.federated.loop import LoopPlan, closed_loop, copy_task_models, write_report
+    from cloud.federated.loop import LoopPlan, closed_loop, prepare_store
+    from cloud.federated.loop_report import outcome, write_report
+    from cloud.local.mosquitto import free_port
 
-    plan = LoopPlan(task=args.task, devices=args.devices, phases=args.phases, rounds_per_phase=args.rounds_per_phase,
-                    inputs_per_phase=args.inputs)
-    if args.quick:
-        plan = dataclasses.replace(plan, devices=2, phases=1, rounds_per_phase=1, inputs_per_phase=150)
-    if plan.devices < 1 or plan.phases < 1 or plan.rounds_per_phase < 1 or plan.inputs_per_phase < 1:
-        print("fedge-cloud fl loop: --devices, --phases, --rounds-per-phase and --inputs must be at least 1",
-              file=sys.stderr)
+    given = {"phases": args.phases, "rounds_per_phase": args.rounds_per_phase, "inputs_per_phase": args.inputs}
+    plan = LoopPlan(task=args.task, profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
+                    devices=args.devices, first_edge_rows=args.first_edge_rows, dirichlet=args.dirichlet,
+                    **(QUICK if args.quick else {}))
+    plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
+    problems = plan.problems()
+    if problems:
+        print(f"fedge-cloud fl loop: {'; '.join(problems)}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    stop = _stop_event()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="fedge-loop-") as tmp:
         try:
-            store = copy_task_models(store_of(args), Path(tmp) / "store", plan.task, say=print)
-            report = closed_loop(store, Path(tmp), plan, lambda line: print(line, flush=True), dashboard=args.dashboard)
+            store = prepare_store(store_of(args), Path(tmp) / "store", plan, say=_say, progress=sys.stderr.isatty())
+        except KeyboardInterrupt:  # nothing runs yet but this process's training
+            print("fedge-cloud fl loop: interrupted while preparing the models", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        stop = _stop_event()
+        try:
+            dashboard = free_port() if args.dashboard == 0 else args.dashboard
+            report = closed_loop(store, Path(tmp), plan, _say, stop, dashboard=dashboard)
         except (MissingFlower, TimeoutError, ManifestError, LookupError, DashboardUnavailable) as exc:
             print(f"fedge-cloud fl loop: {exc}", file=sys.stderr)
             return ExitCode.UNAVAILABLE
     path = write_report(report, args.out)
-    print(f"report: {path} and {path.with_suffix('.png')}")
-    if stop.is_set():
+    print(f"report: {path} (plots and loop.json beside it)")
+    print(outcome(report))
+    if report.interrupted:
         return ExitCode.INTERRUPTED
-    first, last = report.phases[0], report.phases[-1]
-    print(f"offload {first.offload_rate:.1%} -> {last.offload_rate:.1%}, accuracy {first.accuracy:.1%} ->"
-          f" {last.accuracy:.1%}")
-    return ExitCode.OK if sum(p.errors for p in report.phases) == 0 else ExitCode.FAILURE
+    return ExitCode.OK if sum(p.total.errors for p in report.phases) == 0 else ExitCode.FAILURE
+
+
+def _say(line: str) -> None:
+    """A line of progress that stays (above any live progress bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
+    sys.stdout.flush()
 
 
 # -- node-key ----------------------------------------------------------------------------

@@ -52,44 +52,43 @@ class ReleaseOutcome:
     note: str  # "mnist1d-edge v3 promoted", or why nothing was published
 
 
+def edge_variant(model: torch.nn.Module, arch: ArchConfig, data: HeldOut, max_drop_points: float, workdir: Path
+                 ) -> Quantized | None:
+    """The fastest quantization of ``model`` within ``max_drop_points`` of its fp32 export on the validation rows."""
+    fp32 = export_onnx(model, arch, workdir / "fp32.onnx")
+    # whole batches of 32 only: ONNX Runtime's calibrator stacks the batches' outputs
+    rows = max(32, min(256, len(data.x_val)) // 32 * 32)
+    calibration_x = data.x_val[np.random.default_rng(0).permutation(len(data.x_val))[:rows]]
+    variants = [(label, path, measure(path, (data.x_test, data.y_test), (data.x_val, data.y_val), repeats=50))
+                for label, path in quantized_variants(fp32, Recipe(), calibration_x)]
+    reference = next(m for label, _, m in variants if label == "fp32")
+    _, _, chosen = choose(reference, [Quantized(label, path, m) for label, path, m in variants], max_drop_points)
+    return chosen
+
+
 def release_aggregate(model: torch.nn.Module, arch: ArchConfig, current: StoredModel, data: HeldOut,
                       settings: FederatedSettings, store: ModelStore, registry: Registry, round_number: int
                       ) -> ReleaseOutcome:
     """Compress, compare, publish, sign and roll out the aggregate of ``round_number``."""
-    recipe = Recipe()
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, arch, Path(tmp) / "fp32.onnx")
-        # whole batches of 32 only: ONNX Runtime's calibrator stacks the batches' outputs
-        rows = max(32, min(256, len(data.x_val)) // 32 * 32)
-        calibration_x = data.x_val[np.random.default_rng(0).permutation(len(data.x_val))[:rows]]
-        variants = [(label, path, measure(path, (data.x_test, data.y_test), (data.x_val, data.y_val), repeats=50))
-                    for label, path in quantized_variants(fp32, recipe, calibration_x)]
-        reference = next(m for label, _, m in variants if label == "fp32")
-        _, _, chosen = choose(reference, [Quantized(label, path, m) for label, path, m in variants],
-                              settings.max_accuracy_drop)
+        chosen = edge_variant(model, arch, data, settings.max_accuracy_drop, Path(tmp))
         if chosen is None:
             return ReleaseOutcome(None, f"not published: no variant within {settings.max_accuracy_drop:g} points of"
                                         f" the fp32 aggregate on the validation rows")
-        session_logits = _logits(chosen.path, data.x_val)
-        old_right = _logits(current.model_path, data.x_val).argmax(axis=1) == data.y_val
+        session_logits = onnx_logits(chosen.path, data.x_val)
+        old_right = onnx_logits(current.model_path, data.x_val).argmax(axis=1) == data.y_val
         better, gained, lost = beats(session_logits.argmax(axis=1) == data.y_val, old_right)
         if not better:
             return ReleaseOutcome(None, f"not published: {chosen.name} {chosen.measurement.validation_accuracy:.2%}"
                                         f" on validation against {current.manifest.name} v{current.manifest.version}'s"
                                         f" {old_right.mean():.2%} (right on {gained} rows it misses, wrong on {lost} it"
                                         " gets) is no gain beyond chance")
-        m = chosen.measurement
-        stored = publish(
-            store, settings.task, settings.model_name, chosen.path,
-            metrics={"test_accuracy": m.accuracy, "validation_accuracy": m.validation_accuracy,
-                     "latency_b1_ms": m.latency_b1_ms, "latency_b32_ms": m.latency_b32_ms},
+        stored = publish_variant(
+            store, settings.task, settings.model_name, chosen, data, arch, model,
             recipe={"federated": {"run": settings.run, "round": round_number, "strategy": settings.strategy},
                     "quantization": chosen.name, "max_accuracy_drop_points": settings.max_accuracy_drop,
                     "trained": (current.manifest.recipe or {}).get("trained")},
-            temperature=fit_temperature(session_logits, data.y_val).temperature,
-            parent=current.manifest,
-            checkpoint={"arch": arch.as_dict(), "state_dict": model.state_dict()},
-        )
+            parent=current)
     registry.add_model(settings.task, settings.model_name, stored.manifest.version, ModelState.STAGED,
                        stored.manifest.metrics)
     name = f"{settings.model_name} v{stored.manifest.version}"
@@ -101,6 +100,23 @@ def release_aggregate(model: torch.nn.Module, arch: ArchConfig, current: StoredM
     return ReleaseOutcome(signed, f"{name} {_roll_out(signed, settings, store, registry)}")
 
 
+def publish_variant(store: ModelStore, task: str, name: str, chosen: Quantized, data: HeldOut, arch: ArchConfig,
+                    model: torch.nn.Module, *, recipe: dict[str, object], parent: StoredModel | None) -> StoredModel:
+    """``chosen`` as the next version of ``name``, with what the next federated run starts from.
+
+    The manifest carries its measurements and a temperature fit on the validation rows; the checkpoint,
+    the fp32 weights it was quantized from.
+    """
+    m = chosen.measurement
+    return publish(
+        store, task, name, chosen.path,
+        metrics={"test_accuracy": m.accuracy, "validation_accuracy": m.validation_accuracy,
+                 "latency_b1_ms": m.latency_b1_ms, "latency_b32_ms": m.latency_b32_ms},
+        recipe=recipe, temperature=fit_temperature(onnx_logits(chosen.path, data.x_val), data.y_val).temperature,
+        parent=None if parent is None else parent.manifest,
+        checkpoint={"arch": arch.as_dict(), "state_dict": model.state_dict()})
+
+
 @dataclass(frozen=True)
 class Quantized:
     """One quantization of the aggregate: its name, file and measurement."""
@@ -110,7 +126,8 @@ class Quantized:
     measurement: Measurement
 
 
-def _logits(path: Path, x: np.ndarray) -> np.ndarray:
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """What the ONNX model at ``path`` answers to ``x`` (its first input)."""
     session = open_session(path)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 

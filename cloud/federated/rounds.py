@@ -114,7 +114,8 @@ class RoundLoop:
             if s.rounds_per_release and number % s.rounds_per_release == 0 and checked.kept:
                 outcome = release_aggregate(edge_model(start.arch.as_dict(), arrays), start.arch, base, self.data,
                                             s, self.store, self.registry, number)
-                note, base = outcome.note, outcome.published or base
+                # the next release must beat what serves now: not a release its canary rolled back
+                note, base = outcome.note, current_release(self.store, self.registry, s.task, s.model_name)
             records.append(self._record(number, arrays, start.arch, checked, asked, time.monotonic() - began,
                                         note, details))
             self._keep(number, arrays, base, start.arch)

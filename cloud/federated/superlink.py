@@ -183,6 +183,11 @@ class SuperLink:
             return "unknown"
         return str(runs[0].get("status", "unknown"))
 
+    def online_nodes(self) -> int:
+        """How many SuperNodes the SuperLink counts as online now."""
+        answer = self._flwr("supernode", "list", CONNECTION)
+        return sum(1 for node in answer.get("nodes") or [] if node.get("status") == "online")
+
     def stop_run(self, run_id: int) -> None:
         with contextlib.suppress(SuperLinkError):  # already finished, or the SuperLink goes away with it
             self._flwr("stop", str(run_id), CONNECTION, timeout=20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,18 @@ class Tally:
     def accuracy(self) -> float:
         return self.correct / max(1, self.requests)
 
+    @classmethod
+    def summed(cls, tallies: Iterable[Tally]) -> Tally:
+        """One tally of everything ``tallies`` counted."""
+        whole = cls()
+        for t in tallies:
+            whole.requests, whole.errors = whole.requests + t.requests, whole.errors + t.errors
+            whole.offloaded, whole.degraded = whole.offloaded + t.offloaded, whole.degraded + t.degraded
+            whole.correct += t.correct
+            whole.local_ms += t.local_ms
+            whole.cloud_ms += t.cloud_ms
+        return whole
+
     def add(self, reply: InferReply, label: int, elapsed_ms: float) -> None:
         self.requests += 1
         self.correct += int(reply.outputs["probabilities"].argmax() == label)
@@ -58,12 +71,18 @@ class Tally:
             self.cloud_ms.append(elapsed_ms)
 
 
-def stream(agent: Agent, task: str, x: np.ndarray, y: np.ndarray, tally: Tally, callers: int = 4) -> None:
-    """Every row of ``x`` through ``agent.infer``, one row a request, from ``callers`` threads; counted in ``tally``."""
+def stream(agent: Agent, task: str, x: np.ndarray, y: np.ndarray, tally: Tally, callers: int = 4,
+           stop: threading.Event | None = None) -> None:
+    """Every row of ``x`` through ``agent.infer``, one row a request, from ``callers`` threads; counted in ``tally``.
+
+    ``stop``: once set, no caller sends another request (what is in flight still gets its answer).
+    """
     lock = threading.Lock()
 
     def caller(k: int) -> None:
         for i in range(k, len(x), callers):
+            if stop is not None and stop.is_set():
+                return
             started = time.perf_counter()
             try:
                 reply = agent.infer(InferRequest(task, {"input": x[i:i + 1]}))
