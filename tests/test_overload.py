@@ -58,10 +58,11 @@ def _request_body(row: list[float], priority: int) -> bytes:
 
 def test_the_agent_ten_times_over_capacity_sheds_low_priorities_and_serves_the_high(zoo: Path,
                                                                                     tmp_path: Path) -> None:
-    """One request runs and 4 wait; 50 callers at once, 5 of them high priority. The broker is unreachable (a
-    port nobody listens on): nothing can be offloaded, so the agent alone decides who is served."""
+    """One request runs and 4 wait; 50 callers at once, 4 of them high priority (as many as may wait: whatever
+    runs, each finds a low one to push out). The broker is unreachable (a port nobody listens on): nothing can
+    be offloaded, so the agent alone decides who is served."""
     callers, depth = 50, 4
-    priorities = [HIGH if k % 10 == 0 else LOW for k in range(callers)]
+    priorities = [HIGH if k % 12 == 0 else LOW for k in range(callers)]  # k = 0, 12, 24, 36
     port = free_port()
     offload = {"mode": "threshold", "metric": "max_prob", "threshold": 0.0, "max_queue_depth": depth}
     doc = profile_doc(zoo, None, offload=offload, api_port=port, samples=False,
