@@ -100,8 +100,7 @@ class Coordinator:
 
     def _spawn(self, index: int) -> Any:
         settings = replace(self.template, worker_id=f"{self.template.worker_id}-{index}")
-        process = self._context.Process(target=run_worker, args=(settings, True), name=settings.worker_id,
-                                        daemon=True)
+        process = self._context.Process(target=run_worker, args=(settings,), name=settings.worker_id, daemon=True)
         with sigint_ignored():  # a Ctrl-C while it imports and loads would print its traceback: it stops on SIGTERM
             process.start()
         return process

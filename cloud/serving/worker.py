@@ -355,21 +355,17 @@ def check_fusion(request: InferRequest) -> None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{EDGE_PROBS} must be finite probabilities (>= 0)")
 
 
-def run_worker(settings: WorkerSettings, managed: bool = False) -> None:
-    """Process entry point: serve until SIGTERM, or SIGINT for a worker started on its own.
+def run_worker(settings: WorkerSettings) -> None:
+    """A coordinator's worker process: serve until SIGTERM (the coordinator's stop).
 
-    A terminal's Ctrl-C reaches a coordinator's workers too (one process group), and the coordinator would
-    start a new one for each that stopped: ``managed`` workers ignore SIGINT, their coordinator stops them
-    with SIGTERM. (A coordinator on the main thread also starts them with SIGINT ignored, so a Ctrl-C while
-    they import prints no traceback; from another thread it cannot.)
+    SIGINT is ignored: a terminal's Ctrl-C reaches the workers too (one process group), and the coordinator
+    would start a new one for each that stopped. (A coordinator on the main thread also starts them with
+    SIGINT ignored, so a Ctrl-C while they import prints no traceback; from another thread it cannot.)
     """
-    if managed:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {settings.worker_id} %(levelname)s %(message)s")
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, lambda *_: worker.stop())
     coordinator = multiprocessing.parent_process()
     if coordinator is not None:  # killed without a goodbye (SIGKILL, OOM): no orphan keeps taking requests
 
