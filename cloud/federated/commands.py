@@ -308,7 +308,7 @@ def run_loop(args: argparse.Namespace) -> int:
 
     from cloud.federated.loop import LoopPlan, closed_loop, prepare_store
     from cloud.federated.loop_report import outcome, write_report
-    from cloud.local.mosquitto import free_port
+    from cloud.local.mosquitto import MosquittoError, free_port
 
     given = {"phases": args.phases, "rounds_per_phase": args.rounds_per_phase, "inputs_per_phase": args.inputs}
     plan = LoopPlan(task=args.task, profiles=tuple(p.strip() for p in args.profiles.split(",") if p.strip()),
@@ -330,7 +330,7 @@ def run_loop(args: argparse.Namespace) -> int:
         try:
             dashboard = free_port() if args.dashboard == 0 else args.dashboard
             report = closed_loop(store, Path(tmp), plan, _say, stop, dashboard=dashboard)
-        except (MissingFlower, TimeoutError, ManifestError, LookupError, DashboardUnavailable) as exc:
+        except (MissingFlower, MosquittoError, TimeoutError, ManifestError, LookupError, DashboardUnavailable) as exc:
             print(f"fedge-cloud fl loop: {exc}", file=sys.stderr)
             return ExitCode.UNAVAILABLE
     path = write_report(report, args.out)
