@@ -38,6 +38,12 @@ def add_registry_option(parser: argparse.ArgumentParser) -> None:
                         " (default: $FEDGE_REGISTRY or ./var/registry.db)")
 
 
+def refused(command: str, exc: Exception) -> ExitCode:
+    """Say on stderr why ``command`` cannot go on; its exit code: 3 for a registry out of reach, else 2 (bad input)."""
+    print(f"{command}: {exc}", file=sys.stderr)
+    return ExitCode.UNAVAILABLE if isinstance(exc, RegistryUnavailable) else ExitCode.INVALID_INPUT
+
+
 def existing_registry_or_exit(command: str, url: str | None, missing: str = "") -> Registry | ExitCode:
     """The registry ``--registry`` names, for a command that only reads it; else the exit code, having said why.
 
@@ -45,12 +51,8 @@ def existing_registry_or_exit(command: str, url: str | None, missing: str = "") 
     """
     try:
         registry = existing_registry(url)
-    except ValueError as exc:
-        print(f"{command}: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except RegistryUnavailable as exc:
-        print(f"{command}: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    except (ValueError, RegistryUnavailable) as exc:
+        return refused(command, exc)
     if registry is None:
         print(f"{command}: no registry at {url or default_registry()}{missing}", file=sys.stderr)
         return ExitCode.UNAVAILABLE

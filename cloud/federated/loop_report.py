@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cloud.federated.loop import LoopReport
+from cloud.federated.table import pct
 from cloud.local.agents import Tally
 from cloud.registry import ModelState
 
@@ -79,8 +81,8 @@ def markdown(report: LoopReport) -> str:
               "| round | devices | declined | dropped | accuracy | offload needed | seconds | release |",
               "|---|---|---|---|---|---|---|---|"]
     for r in report.rounds:
-        lines.append(f"| {r.round} | {r.participants} | {r.declined} | {r.dropped} | {_pct(r.accuracy)} |"
-                     f" {_pct(r.offload_rate)} | {r.seconds:.1f} | {r.release or ''} |")
+        lines.append(f"| {r.round} | {r.participants} | {r.declined} | {r.dropped} | {pct(r.accuracy)} |"
+                     f" {pct(r.offload_rate)} | {r.seconds:.1f} | {r.release or ''} |")
     lines += ["", "## Devices", "",
               ("| device | profile | policy | trains | answers | offload first -> last | accuracy first -> last |"
                " edge p50 / p99 ms | cloud p50 / p99 ms | degraded | errors | edge version |"),
@@ -106,22 +108,24 @@ def markdown(report: LoopReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
 def _ms(values: list[float]) -> str:
     if not values:
         return "-"
     return f"{np.percentile(values, 50):.2f} / {np.percentile(values, 99):.2f}"
 
 
-def _plot_rounds(report: LoopReport, path: Path) -> None:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (imported only when a report is written)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_rounds(report: LoopReport, path: Path) -> None:
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     phases = [p.phase for p in report.phases]
     left.plot(phases, [p.total.offload_rate for p in report.phases], marker="o", label="offload rate")
@@ -140,11 +144,7 @@ def _plot_rounds(report: LoopReport, path: Path) -> None:
 
 
 def _plot_latency(report: LoopReport, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     whole = Tally.summed([t for p in report.phases for t in p.devices.values()])
     fig, ax = plt.subplots(figsize=(7, 4))
     every = whole.local_ms + whole.cloud_ms

@@ -25,7 +25,13 @@ from agent.protocol import DEFAULT_PREFIX
 from cloud.client_ids import client_id
 from cloud.fleet.access import load_fleet, write_access_files
 from cloud.fleet.devices import DeviceListener
-from cloud.options import add_broker_options, add_registry_option, broker_settings, existing_registry_or_exit
+from cloud.options import (
+    add_broker_options,
+    add_registry_option,
+    broker_settings,
+    existing_registry_or_exit,
+    refused,
+)
 from cloud.registry import DeviceRecord, RegistryUnavailable, open_registry
 
 
@@ -158,12 +164,8 @@ def run_listen(args: argparse.Namespace) -> int:
     try:
         broker = broker_settings(args)
         registry = open_registry(args.registry)
-    except ValueError as exc:
-        print(f"fedge-cloud listen: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except RegistryUnavailable as exc:
-        print(f"fedge-cloud listen: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    except (ValueError, RegistryUnavailable) as exc:
+        return refused("fedge-cloud listen", exc)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

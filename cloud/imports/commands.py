@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -11,7 +10,7 @@ from typing import TypeVar
 from agent.exit_codes import ExitCode
 from agent.manifest import TensorSpec
 from cloud.imports.inspection import ImportRefused
-from cloud.options import add_registry_option, add_store_option, store_of
+from cloud.options import add_registry_option, add_store_option, refused, store_of
 from cloud.registry import Registry, RegistryUnavailable, open_registry
 
 _Done = TypeVar("_Done")
@@ -113,15 +112,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _in_registry(action: str, url: str | None, refused: tuple[type[Exception], ...],
+def _in_registry(action: str, url: str | None, refusals: tuple[type[Exception], ...],
                  act: Callable[[Registry], _Done]) -> _Done | ExitCode:
     """``act`` on the registry; a refusal (exit 2) or a registry out of reach (exit 3) said on stderr instead."""
+    caught: tuple[type[Exception], ...] = (*refusals, RegistryUnavailable)
     try:
         with open_registry(url) as registry:
             return act(registry)
-    except refused as exc:
-        print(f"fedge-cloud models {action}: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_INPUT
-    except RegistryUnavailable as exc:
-        print(f"fedge-cloud models {action}: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
+    except caught as exc:
+        return refused(f"fedge-cloud models {action}", exc)
