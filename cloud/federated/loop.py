@@ -30,7 +30,7 @@ from tqdm import tqdm
 from agent.agent import Agent
 from agent.model_store import ModelStore
 from agent.profile import Profile, load_profile
-from agent.profile.offload import BudgetPolicy, ThresholdPolicy
+from agent.profile.offload import BudgetPolicy
 from agent.protocol import Topics
 from cloud.federated.fleet_data import FleetPlan, dirichlet_partition, stream_pool
 from cloud.federated.settings import FederatedSettings
@@ -173,11 +173,9 @@ def plan_devices(plan: LoopPlan) -> list[Device]:
 def describe_policy(profile: Profile, task: str) -> str:
     """A profile's offload policy for ``task`` in a few words."""
     policy = profile.offload[task]
-    if isinstance(policy, ThresholdPolicy):
-        return f"threshold {policy.metric} {policy.threshold:g}"
     if isinstance(policy, BudgetPolicy):
         return f"budget {policy.target_rate:.0%} by {policy.metric}"
-    return policy.mode
+    return f"threshold {policy.metric} {policy.threshold:g}"
 
 
 def _agent(device: Device, store: ModelStore, work: Path, fleet: FleetBroker, superlink_port: int, public_key: Path,

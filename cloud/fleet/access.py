@@ -33,6 +33,7 @@ class Fleet(BaseModel):
     coordinators: list[str] = Field(["coordinator"], description="Users of the coordinator")
 
 
+SECRETS = "secrets"  # the folder of one password file per user, beside the broker's password file
 DEVICES_FILE = DocumentKind("devices file", "topic_prefix, devices, workers, coordinators",
                             "a devices file needs at least devices")
 
@@ -78,10 +79,14 @@ class AccessFiles:
     secrets: dict[str, str] = field(repr=False)
     created: list[str] = field(default_factory=list)
 
+    def secret_file(self, user: str) -> Path:
+        """The file holding ``user``'s password (what a profile's ``broker.password_file`` names)."""
+        return self.passwords.parent / SECRETS / user
+
 
 def write_access_files(fleet: Fleet, out: Path) -> AccessFiles:
     """Write ``passwords``, ``acl`` and ``secrets/<user>`` (kept if present, so re-runs keep passwords)."""
-    secret_dir = out / "secrets"
+    secret_dir = out / SECRETS
     secret_dir.mkdir(parents=True, exist_ok=True)
     secret_dir.chmod(0o700)
     known: dict[str, str] = {}

@@ -36,7 +36,7 @@ class FleetBroker:
         """``FEDGE__*`` overrides for a shipped profile: this broker, the device's own user and password file."""
         return {**local_overrides(self.broker, state), "FEDGE__DEVICE__ID": device_id,
                 "FEDGE__BROKER__USERNAME": device_id,
-                "FEDGE__BROKER__PASSWORD_FILE": str(self.access.passwords.parent / "secrets" / device_id)}
+                "FEDGE__BROKER__PASSWORD_FILE": str(self.access.secret_file(device_id))}
 
 
 @contextmanager
