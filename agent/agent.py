@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.audit import Auditor
-from agent.cascade import DEFAULT_QUEUE_DEPTH, OUTPUT, Cascade, Route
+from agent.cascade import DEFAULT_QUEUE_DEPTH, Cascade, Route
 from agent.feedback import FeedbackTally
+from agent.feeds import SCORES
 from agent.http_api import ApiServer
+from agent.manifest import TensorSpec
 from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, TlsFiles
@@ -213,15 +215,16 @@ class Agent:
         task = self._tasks.get(name)
         if task is None:
             return None
-        spec = task.model.spec.input
-        return {
-            "name": name,
-            "versions": [task.model.version],
-            "platform": "onnxruntime",
-            "inputs": [{"name": spec.name, "datatype": dtypes.by_name(spec.dtype).oip,  # what infer takes: FP32
-                        "shape": [-1 if d is None else d for d in spec.shape]}],
-            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1]}],
-        }
+        model = task.model
+
+        def described(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": dtypes.by_name(s.dtype).oip,  # what infer takes, e.g. FP32
+                     "shape": [-1 if d is None else d for d in s.shape]} for s in specs]
+
+        outputs = model.outputs if model.output_kind == "other" else [
+            TensorSpec(name=SCORES, dtype="float32", shape=[None, None]), *model.outputs[1:]]
+        return {"name": name, "versions": [model.version], "platform": "onnxruntime",
+                "inputs": described(model.inputs), "outputs": described(outputs)}
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
         """Label an answer: kept as a training label if its sample is stored, counted if it is recent.

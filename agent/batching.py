@@ -2,7 +2,9 @@
 
 Concurrent callers' rows are stacked into one ``session.run`` (up to
 ``max_batch_size`` rows, waiting at most ``max_queue_delay_ms`` after the first
-arrives), which is where a CPU gets its throughput. ONNX Runtime releases the
+arrives), which is where a CPU gets its throughput. A request is one array per
+model input (agent/feeds.py ``Rows``), stacked input by input; the run's outputs
+are split back the same way. ONNX Runtime releases the
 GIL, so callers keep queueing while a batch runs. Higher priority goes first,
 FIFO within a priority; a full queue refuses at once so the caller can offload
 or answer "overloaded" instead of waiting.
@@ -20,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from agent.feeds import Rows
 from agent.latch import Latch
 
 
@@ -34,12 +37,12 @@ class BatcherClosed(Exception):
 class Ran(NamedTuple):
     """One request's rows and where its time went: waiting for the model, then on it."""
 
-    outputs: np.ndarray
+    outputs: Rows
     queue_s: float
     run_s: float
 
 
-class Pending(Latch[np.ndarray]):
+class Pending(Latch[Rows]):
     """A queued request's result, and whether its caller still wants it.
 
     ``run_started`` (perf_counter) splits the caller's wait from the model's run.
@@ -69,15 +72,24 @@ class Pending(Latch[np.ndarray]):
 @dataclass(order=True)
 class _Item:
     key: tuple[int, int]
-    x: np.ndarray = field(compare=False)
+    x: Rows = field(compare=False)
     future: Pending = field(compare=False)
     enqueued: float = field(compare=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.x[0])
+
+    @property
+    def trailing(self) -> tuple[tuple[int, ...], ...]:
+        """Each input's shape past the batch axis: only requests alike in all of them stack."""
+        return tuple(a.shape[1:] for a in self.x)
 
 
 class MicroBatcher:
     """Runs ``run_batch`` on stacked requests; each caller's future gets its own rows."""
 
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 8,
+    def __init__(self, run_batch: Callable[[Rows], Rows], *, max_batch_size: int = 8,
                  max_queue_delay_ms: float = 2.0, max_queue_depth: int = 64, name: str = "model") -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -114,14 +126,14 @@ class MicroBatcher:
         with self._lock:
             return len(self._heap), self._queued_rows * self._service_ms_per_row
 
-    def submit(self, x: np.ndarray, priority: int = 5) -> Pending:
-        """Queue ``x`` ([rows, ...]) for the worker; raises QueueFull or BatcherClosed instead of blocking."""
+    def submit(self, x: Rows, priority: int = 5) -> Pending:
+        """Queue ``x`` (one [rows, ...] array per input) for the worker; raises QueueFull or BatcherClosed instead of blocking."""
         future = Pending()
         with self._lock:
             self._enqueue(x, priority, future)
         return future
 
-    def call(self, x: np.ndarray, priority: int = 5, timeout_s: float | None = None) -> Ran:
+    def call(self, x: Rows, priority: int = 5, timeout_s: float | None = None) -> Ran:
         """Run ``x`` and wait for its rows (TimeoutError after ``timeout_s``, the request is then dropped).
 
         A caller who finds the model idle and nobody queued runs it on its own thread: no
@@ -142,7 +154,7 @@ class MicroBatcher:
             try:
                 outputs = self._run_batch(x)
             finally:
-                self._finished(len(x), started)
+                self._finished(len(x[0]), started)
             return Ran(outputs, 0.0, time.perf_counter() - started)
         queued = time.perf_counter()
         try:
@@ -154,7 +166,7 @@ class MicroBatcher:
         run_started = future.run_started or queued
         return Ran(outputs, run_started - queued, done - run_started)
 
-    def _enqueue(self, x: np.ndarray, priority: int, future: Pending) -> None:
+    def _enqueue(self, x: Rows, priority: int, future: Pending) -> None:
         """Push one request (the condition's lock held)."""
         if self._closing:
             raise BatcherClosed("the model is shutting down")
@@ -162,7 +174,7 @@ class MicroBatcher:
         if len(self._heap) >= self.max_queue_depth:
             self._shed_for(item)
         heapq.heappush(self._heap, item)
-        self._queued_rows += len(x)
+        self._queued_rows += item.rows
         # Wake the worker only when it has something to do: first work, or the rows it waits for. A
         # wake-up per arrival would cost it a GIL hand-off for every row while a batch fills.
         if len(self._heap) == 1 or self._queued_rows >= self._fill_rows:
@@ -179,7 +191,7 @@ class MicroBatcher:
             raise QueueFull(f"local queue is full ({self.max_queue_depth} waiting)")
         self._heap.remove(lowest)
         heapq.heapify(self._heap)
-        self._queued_rows -= len(lowest.x)
+        self._queued_rows -= lowest.rows
         lowest.future.set_exception(QueueFull(f"local queue is full ({self.max_queue_depth} waiting) and a request"
                                               " of higher priority took this one's place"))
 
@@ -217,14 +229,14 @@ class MicroBatcher:
             batch: list[_Item] = []
             rows = 0
             skipped: list[_Item] = []
-            trailing = self._heap[0].x.shape[1:]
+            trailing = self._heap[0].trailing
             while self._heap and rows < self.max_batch_size:
                 item = heapq.heappop(self._heap)
-                if item.x.shape[1:] != trailing or (batch and rows + len(item.x) > self.max_batch_size):
+                if item.trailing != trailing or (batch and rows + item.rows > self.max_batch_size):
                     skipped.append(item)  # another shape, or too big to join: next batch
                     continue
                 batch.append(item)
-                rows += len(item.x)
+                rows += item.rows
             for item in skipped:
                 heapq.heappush(self._heap, item)
             self._queued_rows -= rows
@@ -247,18 +259,20 @@ class MicroBatcher:
         for item in live:
             item.future.run_started = started
         try:
-            stacked = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
+            stacked = live[0].x if len(live) == 1 else tuple(np.concatenate(inputs)
+                                                             for inputs in zip(*(item.x for item in live), strict=True))
             outputs = self._run_batch(stacked)
         except Exception as exc:  # noqa: BLE001  # a failing run fails its own requests, not the batcher thread
             outputs = None
             for item in live:
                 item.future.set_exception(exc)
-        self._finished(sum(len(item.x) for item in live), started)
+        self._finished(sum(item.rows for item in live), started)
         if outputs is not None:
             offset = 0
             for item in live:
-                item.future.set_result(outputs[offset:offset + len(item.x)])
-                offset += len(item.x)
+                end = offset + item.rows
+                item.future.set_result(tuple(out[offset:end] for out in outputs))
+                offset = end
 
     def _finished(self, rows: int, started: float) -> None:
         """Free the model after a run of ``rows`` rows that began at ``started`` (perf_counter)."""

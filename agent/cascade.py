@@ -22,6 +22,7 @@ import numpy as np
 from agent.audit import Auditor
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse, top_labels
+from agent.feeds import SCORES, Rows, answered, named
 from agent.metrics import AgentMetrics
 from agent.policy import (
     CapacityLimits,
@@ -39,7 +40,6 @@ from agent.samples import SampleStore
 from agent.uplink import ConnectionLost, OffloadUnavailable, Uplink
 
 log = logging.getLogger(__name__)
-OUTPUT = "probabilities"
 #: A task without an offload policy still needs a deadline and a queue bound: the profile's defaults.
 DEFAULT_DEADLINE_MS = float(PolicyBase.model_fields["default_deadline_ms"].default)
 DEFAULT_QUEUE_DEPTH = int(PolicyBase.model_fields["max_queue_depth"].default)
@@ -80,36 +80,38 @@ class Cascade:
 
     def answer(self, route: Route, request: InferRequest, started: float) -> InferReply:
         """The request's one answer (raises ProtocolError for requests that cannot be served)."""
-        x = route.model.check_input(request.tensor)
+        x = route.model.check_inputs(request.inputs)
         deadline = started + (request.timeout_ms if request.timeout_ms is not None else route.deadline_ms) / 1000
         if route.policy is None or route.limits is None:  # local only: no load picture needed
-            probs, timings = self._run_local(route, request, x, deadline)
-            return self._local_reply(route, request, probs, timings, bool(np.isfinite(probs).all()))
+            outputs, timings = self._run_local(route, request, x, deadline)
+            finite = all(np.isfinite(out).all() for out in outputs if out.dtype.kind == "f")
+            return self._local_reply(route, request, outputs, timings, finite)
         pressure = self._pressure(route)
         if over_capacity(route.limits, pressure) and may_offload(route.limits, pressure, request.priority) is None:
             reply = self._ask_cloud(route, request, x, None, deadline, Reason.CAPACITY, {})
             if isinstance(reply, InferReply):
                 return reply
-        probs, timings = self._run_local(route, request, x, deadline)
+        outputs, timings = self._run_local(route, request, x, deadline)
+        probs = outputs[0]
         conf = float(confidence(probs, route.metric).min())
         finite = math.isfinite(conf)  # NaN in the probabilities (a model overflowing) makes every metric NaN
         if finite and not route.policy.wants_offload(conf):
             self.metrics.offload_window.add(0.0)
-            reply = self._local_reply(route, request, probs, timings, finite)
-            if self.auditor is not None and may_offload(route.limits, pressure, PRIORITY_MIN) is None:
-                self.auditor.offer(route.model.task, request.request_id, x, probs, route.audit_rate)
+            reply = self._local_reply(route, request, outputs, timings, finite)
+            if self.auditor is not None and len(x) == 1 and may_offload(route.limits, pressure, PRIORITY_MIN) is None:
+                self.auditor.offer(route.model.task, request.request_id, x[0], probs, route.audit_rate)
             return reply
         blocked = may_offload(route.limits, self._pressure(route), request.priority)
         if blocked is not None:
             self.metrics.offload_window.add(0.0)
-            return self._local_reply(route, request, probs, timings, finite, degraded=blocked)
+            return self._local_reply(route, request, outputs, timings, finite, degraded=blocked)
         reply = self._ask_cloud(route, request, x, probs if finite else None, deadline, Reason.UNCONFIDENT, timings)
         if isinstance(reply, InferReply):
             return reply
-        return self._local_reply(route, request, probs, timings, finite, degraded=reply)
+        return self._local_reply(route, request, outputs, timings, finite, degraded=reply)
 
-    def _run_local(self, route: Route, request: InferRequest, x: np.ndarray, deadline: float
-                   ) -> tuple[np.ndarray, dict[str, float]]:
+    def _run_local(self, route: Route, request: InferRequest, x: Rows, deadline: float
+                   ) -> tuple[Rows, dict[str, float]]:
         model = route.model
         try:
             ran = model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
@@ -124,15 +126,20 @@ class Cascade:
         timings = {"queue": ran.queue_s * 1000, "local": ran.run_s * 1000}
         return ran.outputs, timings
 
-    def _ask_cloud(self, route: Route, request: InferRequest, x: np.ndarray, local_probs: np.ndarray | None,
+    def _ask_cloud(self, route: Route, request: InferRequest, x: Rows, local_probs: np.ndarray | None,
                    deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | Reason:
-        """The cloud's (or fused) answer, or why it cannot be had in time (the caller answers locally)."""
+        """The cloud's (or fused) answer, or why it cannot be had in time (the caller answers locally).
+
+        The cloud's class scores are checked against the local model's; its other outputs (a model with
+        several) are passed on as it sent them.
+        """
         assert self.uplink is not None
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             return Reason.CLOUD_LATE
         task = route.model.task
-        cloud_request = InferRequest(task, {"input": x}, request.request_id, request.priority, remaining_ms)
+        cloud_request = InferRequest(task, named(x, route.model.inputs), request.request_id, request.priority,
+                                     remaining_ms)
         sent = time.monotonic()
         self.metrics.offloads.labels(task, reason.value).inc()
         self.metrics.offload_window.add(1.0)
@@ -156,28 +163,32 @@ class Cascade:
         if isinstance(answer, ErrorReply):
             log.info("cloud refused %s: %s %s", request.request_id, answer.code.value, answer.message)
             return Reason.CLOUD_ERROR
-        cloud_probs = next(iter(answer.outputs.values()), None)
-        expected = (len(x), route.model.manifest.outputs[0].shape[-1]) if route.model.manifest else None
-        if cloud_probs is None or cloud_probs.ndim != 2 or len(cloud_probs) != len(x) or \
+        cloud_probs = answer.outputs.get(SCORES, next(iter(answer.outputs.values()), None))
+        rows = len(x[0])
+        classes = route.model.outputs[0].shape[-1:]  # [] for a scalar output, [None] where the graph leaves it open
+        expected = (rows, classes[0]) if classes and classes[0] else None
+        if cloud_probs is None or cloud_probs.ndim != 2 or len(cloud_probs) != rows or \
                 (expected is not None and cloud_probs.shape != expected) or not np.isfinite(cloud_probs).all():
             log.warning("ignored a cloud answer of shape %s for %s (expected %s)",
                         None if cloud_probs is None else cloud_probs.shape, request.request_id, expected)
             return Reason.BAD_REPLY
         round_trip_ms = (time.monotonic() - sent) * 1000
         cloud_ms = answer.timings_ms.get("cloud", 0.0) + answer.timings_ms.get("queue", 0.0)
-        if self.samples is not None:
-            self.samples.add(request.request_id, task, x, cloud_probs)
+        if self.samples is not None and len(x) == 1:  # training (agent/federated) takes single-input models
+            self.samples.add(request.request_id, task, x[0], cloud_probs)
         source, probs = Source.CLOUD, cloud_probs.astype(np.float32)
         if route.fusion_weight is not None and local_probs is not None:
             source, probs = Source.FUSED, fuse(local_probs, probs, route.fusion_weight)
         self.metrics.offload_ms.add(round_trip_ms)
-        return InferReply({OUTPUT: probs}, answer.model_name, answer.model_version, request.request_id, source, False,
+        others = {name: out for name, out in answer.outputs.items() if out is not cloud_probs}
+        return InferReply({SCORES: probs, **others}, answer.model_name, answer.model_version, request.request_id,
+                          source, False,
                           {**timings, "network": max(0.0, round_trip_ms - cloud_ms), "cloud": cloud_ms},
                           top_labels(probs, route.model.labels))
 
-    def _local_reply(self, route: Route, request: InferRequest, probs: np.ndarray, timings: dict[str, float],
+    def _local_reply(self, route: Route, request: InferRequest, outputs: Rows, timings: dict[str, float],
                      finite: bool, degraded: Reason | None = None) -> InferReply:
-        """The local answer (``degraded``: why the cloud's was not had), or an error when ``probs`` are not ``finite``.
+        """The local answer (``degraded``: why the cloud's was not had), or an error when ``outputs`` are not ``finite``.
 
         NaN is no answer (nor valid JSON). Callers say whether they are finite: a confidence computed from
         them already tells, at no extra cost.
@@ -190,8 +201,10 @@ class Cascade:
         self.metrics.local_ms.add(timings.get("local", 0.0))
         if degraded is not None:
             self.metrics.degraded.labels(model.task, degraded.value).inc()
-        return InferReply({OUTPUT: probs}, model.name, model.version, request.request_id, Source.EDGE,
-                          degraded is not None, timings, top_labels(probs, model.labels))
+        answer = answered(model.output_kind, outputs, model.outputs)
+        labels = top_labels(outputs[0], model.labels) if model.output_kind != "other" else ()
+        return InferReply(answer, model.name, model.version, request.request_id, Source.EDGE,
+                          degraded is not None, timings, labels)
 
     def _pressure(self, route: Route) -> Pressure:
         depth, wait_ms = route.model.batcher.load()

@@ -29,13 +29,13 @@ def output_scores(kind: OutputKind, temperature: float = 1.0) -> Callable[[np.nd
 
     Logits: calibrated probabilities. Probabilities (the graph ends in its own Softmax): as they are; a
     second softmax would flatten them ([0.37, 0.63] became [0.435, 0.565]); calibrated, softmax(log p / T).
-    Any other output: as it is.
+    Any other output: as the model gave it (its own element type).
     """
     if kind == "logits":
         return lambda out: softmax(out, temperature)
     if kind == "probabilities" and temperature != 1.0:
         return lambda out: softmax(np.log(np.clip(out, 1e-12, None)), temperature)
-    return lambda out: np.asarray(out, dtype=np.float32)
+    return lambda out: out
 
 
 def top_labels(probs: np.ndarray, labels: Sequence[str] | None) -> tuple[str, ...]:

@@ -1,4 +1,8 @@
-"""A task's local model: verified ONNX file, ONNX Runtime session, input checks and micro-batcher."""
+"""A task's local model: verified ONNX file, ONNX Runtime session, input checks and micro-batcher.
+
+The graph says what the model takes and answers: every declared input by name, every output. The
+profile's ``input`` describes the first input (and may be stricter than the graph about its shape).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ import numpy as np
 
 from agent.batching import MicroBatcher
 from agent.confidence import output_scores
-from agent.manifest import Manifest, OutputKind
+from agent.feeds import Rows, fit_inputs, graph_specs
+from agent.manifest import Manifest, OutputKind, TensorSpec
 from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
 from agent.profile.schema import Profile
-from agent.protocol import ErrorCode, ProtocolError
-from agent.protocol.tensors import fit_batch, require_finite
 from agent.session import open_session
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,10 @@ def check_precision(task: str, spec: ModelSpec, manifest: Manifest) -> None:
 
 @dataclass
 class LocalModel:
-    """One loaded model; ``batcher.call`` runs it and gives calibrated probabilities (softmax(logits / T))."""
+    """One loaded model; ``batcher.call`` runs it and gives every output.
+
+    The first output comes as calibrated probabilities (softmax(logits / T)) where it holds class scores.
+    """
 
     task: str
     name: str
@@ -50,6 +56,8 @@ class LocalModel:
     temperature: float
     output_kind: OutputKind
     spec: ModelSpec
+    inputs: list[TensorSpec]  # what requests must send, in the graph's order (the first as the profile says)
+    outputs: list[TensorSpec]
     batcher: MicroBatcher
     manifest: Manifest | None
 
@@ -72,35 +80,32 @@ class LocalModel:
         hardware = profile.hardware
         session = open_session(path, hardware.ort_providers(), intra_op_threads=hardware.intra_op_threads,
                                inter_op_threads=hardware.inter_op_threads)
-        declared = session.get_inputs()[0].name
-        if declared != spec.input.name:
-            raise ValueError(f"{path}: the model's input is {declared!r} but the profile says {spec.input.name!r}"
-                             f" (models.{task}.input.name)")
-        output = session.get_outputs()[0].name
-
+        inputs, outputs = graph_specs(session.get_inputs()), graph_specs(session.get_outputs())
+        if inputs[0].name != spec.input.name:
+            raise ValueError(f"{path}: the model's first input is {inputs[0].name!r} but the profile says"
+                             f" {spec.input.name!r} (models.{task}.input.name)")
+        inputs[0] = TensorSpec(name=spec.input.name, dtype=spec.input.dtype,
+                               shape=[None if d == -1 else d for d in spec.input.shape])
+        names = [i.name for i in inputs]
         scores = output_scores(kind, temperature)
 
-        def run(batch: np.ndarray) -> np.ndarray:
+        def run(batch: Rows) -> Rows:
             # Calibrated once per batch, not once per caller: the callers' threads share one GIL.
-            return scores(session.run([output], {declared: batch})[0])
+            first, *rest = session.run(None, dict(zip(names, batch, strict=True)))
+            return scores(first), *rest
 
         batcher = MicroBatcher(run, max_batch_size=spec.batching.max_batch_size,
                                max_queue_delay_ms=spec.batching.max_queue_delay_ms,
                                max_queue_depth=max_queue_depth, name=task)
         log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
-        return cls(task, name, version, temperature, kind, spec, batcher, manifest)
+        return cls(task, name, version, temperature, kind, spec, inputs, outputs, batcher, manifest)
 
-    def check_input(self, x: np.ndarray) -> np.ndarray:
-        """The request tensor as the model takes it, or the protocol's error naming the mismatch.
+    def check_inputs(self, given: dict[str, np.ndarray]) -> Rows:
+        """The request's tensors as the model takes them, or the protocol's error naming the mismatch.
 
         Every request passes here (HTTP API, `fedge-agent infer`, in-process), so non-finite input is refused here.
         """
-        want = self.spec.input
-        if x.dtype != np.dtype(want.dtype):
-            raise ProtocolError(ErrorCode.UNSUPPORTED_DTYPE, f"task {self.task} takes {want.dtype}, got {x.dtype}")
-        x = fit_batch(x, want.shape, f"task {self.task}")
-        require_finite(x, f"task {self.task}")
-        return x
+        return fit_inputs(given, self.inputs, f"task {self.task}")
 
     @property
     def labels(self) -> list[str] | None:

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from agent.batching import BatcherClosed, MicroBatcher, Pending, QueueFull
+from agent.feeds import Rows
 from agent.session import open_session
 
 
@@ -31,15 +32,15 @@ def session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
 
 def run_fn(session, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Rows) -> Rows:
         if calls is not None:
-            calls.append(len(x))
-        return session.run(None, {"x": x})[0]
+            calls.append(len(x[0]))
+        return tuple(session.run(None, {"x": x[0]}))
     return run
 
 
-def occupy(batcher: MicroBatcher, x: np.ndarray) -> Pending:
-    """Submit ``x`` from another caller's thread and wait until the model is busy with it."""
+def occupy(batcher: MicroBatcher, *x: np.ndarray) -> Pending:
+    """Submit ``x`` (one array per input) from another caller's thread and wait until the model is busy with it."""
     holder: list[Pending] = []
     threading.Thread(target=lambda: holder.append(batcher.submit(x)), daemon=True).start()
     deadline = time.monotonic() + 5
@@ -59,7 +60,7 @@ def test_concurrent_callers_get_their_own_rows_and_batches_form(session) -> None
 
     def call(i: int) -> None:
         barrier.wait()
-        results[i] = batcher.submit(x[i:i + 1]).result(timeout=10)
+        results[i] = batcher.submit((x[i:i + 1],)).result(timeout=10)[0]
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
     for t in threads:
@@ -76,14 +77,14 @@ def test_priority_first_and_fifo_within_a_priority(session) -> None:  # type: ig
     order: list[float] = []
     gate = threading.Event()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Rows) -> Rows:
         gate.wait(5)
-        order.extend(x[:, 0].tolist())
-        return session.run(None, {"x": x})[0]
+        order.extend(x[0][:, 0].tolist())
+        return tuple(session.run(None, {"x": x[0]}))
 
     batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=16)
     occupy(batcher, np.full((1, 4), -1, np.float32))  # holds the model until the gate opens
-    futures = [batcher.submit(np.full((1, 4), v, np.float32), priority=p) for v, p in ((1, 1), (2, 9), (3, 1), (4, 9))]
+    futures = [batcher.submit((np.full((1, 4), v, np.float32),), priority=p) for v, p in ((1, 1), (2, 9), (3, 1), (4, 9))]
     gate.set()
     for f in futures:
         f.result(timeout=5)
@@ -95,16 +96,16 @@ def test_full_queue_refuses_at_once_and_errors_stay_with_their_batch(session) ->
     gate = threading.Event()
     fail = {"on": True}
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Rows) -> Rows:
         gate.wait(5)
         if fail["on"]:
             fail["on"] = False
             raise RuntimeError("boom")
-        return session.run(None, {"x": x})[0]
+        return tuple(session.run(None, {"x": x[0]}))
 
     batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=2)
-    one = np.zeros((1, 4), np.float32)
-    running = occupy(batcher, one)
+    one = (np.zeros((1, 4), np.float32),)
+    running = occupy(batcher, one[0])
     queued = [batcher.submit(one), batcher.submit(one)]
     with pytest.raises(QueueFull):
         batcher.submit(one)
@@ -114,20 +115,20 @@ def test_full_queue_refuses_at_once_and_errors_stay_with_their_batch(session) ->
         time.sleep(0.001)
     with pytest.raises(RuntimeError, match="boom"):
         running[0].result(timeout=5)
-    assert all(f.result(timeout=5).shape == (1, 3) for f in queued)
+    assert all(f.result(timeout=5)[0].shape == (1, 3) for f in queued)
     batcher.close()
 
 
 def test_a_full_queue_sheds_its_newest_lowest_priority_request_for_a_higher_one(session) -> None:  # type: ignore[no-untyped-def]
     gate = threading.Event()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Rows) -> Rows:
         gate.wait(5)
-        return session.run(None, {"x": x})[0]
+        return tuple(session.run(None, {"x": x[0]}))
 
     batcher = MicroBatcher(run, max_batch_size=1, max_queue_delay_ms=0, max_queue_depth=2)
-    one = np.zeros((1, 4), np.float32)
-    occupy(batcher, one)
+    one = (np.zeros((1, 4), np.float32),)
+    occupy(batcher, one[0])
     low_first, low_last = batcher.submit(one, priority=1), batcher.submit(one, priority=1)
     high = batcher.submit(one, priority=9)  # takes the place of the newest of the lowest
     with pytest.raises(QueueFull, match="higher priority"):
@@ -135,30 +136,30 @@ def test_a_full_queue_sheds_its_newest_lowest_priority_request_for_a_higher_one(
     with pytest.raises(QueueFull, match="queue is full"):
         batcher.submit(one, priority=1)  # nothing waits at a lower priority than this one
     gate.set()
-    assert high.result(timeout=5).shape == (1, 3) and low_first.result(timeout=5).shape == (1, 3)
+    assert high.result(timeout=5)[0].shape == (1, 3) and low_first.result(timeout=5)[0].shape == (1, 3)
     batcher.close()
 
 
 def test_lone_caller_runs_inline(session) -> None:  # type: ignore[no-untyped-def]
     callers: list[str] = []
-    batcher = MicroBatcher(lambda x: callers.append(threading.current_thread().name) or session.run(None, {"x": x})[0],
+    batcher = MicroBatcher(lambda x: callers.append(threading.current_thread().name) or run_fn(session)(x),
                            max_batch_size=8, max_queue_delay_ms=50)
-    ran = batcher.call(np.zeros((1, 4), np.float32))
-    assert ran.outputs.shape == (1, 3) and ran.queue_s == 0.0 and callers == [threading.current_thread().name]
+    ran = batcher.call((np.zeros((1, 4), np.float32),))
+    assert ran.outputs[0].shape == (1, 3) and ran.queue_s == 0.0 and callers == [threading.current_thread().name]
     batcher.close()
 
 
 def test_close_drains_or_fails_what_is_queued(session) -> None:  # type: ignore[no-untyped-def]
     gate = threading.Event()
-    batcher = MicroBatcher(lambda x: gate.wait(5) and session.run(None, {"x": x})[0], max_batch_size=4,
+    batcher = MicroBatcher(lambda x: gate.wait(5) and run_fn(session)(x), max_batch_size=4,
                            max_queue_delay_ms=50, max_queue_depth=16)
     occupy(batcher, np.zeros((1, 4), np.float32))
-    futures: list[Pending] = [batcher.submit(np.zeros((1, 4), np.float32)) for _ in range(6)]
+    futures: list[Pending] = [batcher.submit((np.zeros((1, 4), np.float32),)) for _ in range(6)]
     gate.set()
     batcher.close(drain=True)
-    assert all(f.result(timeout=1).shape == (1, 3) for f in futures)
+    assert all(f.result(timeout=1)[0].shape == (1, 3) for f in futures)
     with pytest.raises(BatcherClosed):
-        batcher.submit(np.zeros((1, 4), np.float32))
+        batcher.submit((np.zeros((1, 4), np.float32),))
 
 
 def test_a_batch_waits_for_as_many_rows_as_the_last_one_not_for_a_full_batch(session) -> None:  # type: ignore[no-untyped-def]
@@ -167,12 +168,12 @@ def test_a_batch_waits_for_as_many_rows_as_the_last_one_not_for_a_full_batch(ses
     gate = threading.Event()
     run = run_fn(session, calls)
 
-    def gated(x: np.ndarray) -> np.ndarray:
+    def gated(x: Rows) -> Rows:
         gate.wait(10)
         return run(x)
 
     batcher = MicroBatcher(gated, max_batch_size=64, max_queue_delay_ms=60_000)
-    one = np.ones((1, 4), np.float32)
+    one = (np.ones((1, 4), np.float32),)
     try:
         first = batcher.submit(one)  # runs alone and holds the model until the gate opens
         while batcher.load()[0]:
@@ -188,3 +189,30 @@ def test_a_batch_waits_for_as_many_rows_as_the_last_one_not_for_a_full_batch(ses
         gate.set()
         batcher.close()
     assert calls == [1, 4, 4]
+
+
+def test_requests_of_a_two_input_model_stack_input_by_input_and_get_their_own_rows_of_each_output() -> None:
+    """Features and a mask: rows stack per input; a request whose second input is shaped otherwise waits its turn."""
+    calls: list[tuple[tuple[int, ...], ...]] = []
+    gate = threading.Event()
+
+    def run(x: Rows) -> Rows:
+        gate.wait(5)
+        calls.append(tuple(a.shape for a in x))
+        features, mask = x
+        return features.sum(axis=1, keepdims=True), mask.sum(axis=1)
+
+    batcher = MicroBatcher(run, max_batch_size=8, max_queue_delay_ms=0, max_queue_depth=16)
+    rng = np.random.default_rng(2)
+    requests = [(rng.standard_normal((n, 3)).astype(np.float32), (rng.random((n, 3)) > 0.5).astype(np.float32))
+                for n in (1, 2, 1)]
+    odd = (np.ones((1, 3), np.float32), np.ones((1, 5), np.float32))  # alike in the first input only
+    occupy(batcher, *requests[0])  # holds the model until the gate opens
+    futures = [batcher.submit(r) for r in (requests[0], odd, *requests[1:])]
+    gate.set()
+    results = [f.result(timeout=5) for f in futures]
+    batcher.close()
+    assert calls[1:] == [((4, 3), (4, 3)), ((1, 3), (1, 5))]
+    for (features, mask), (summed, counted) in zip((requests[0], odd, *requests[1:]), results, strict=True):
+        np.testing.assert_allclose(summed, features.sum(axis=1, keepdims=True), rtol=1e-6)
+        np.testing.assert_array_equal(counted, mask.sum(axis=1))

@@ -64,7 +64,7 @@ def test_calibrating_an_import_stores_a_new_version_that_agents_serve_with_its_t
     raw = open_session(exported).run(None, {"pixels": x})[0]
     logits = np.log(raw) if softmax_output else raw
     with Agent(agent_profile(tmp_path, free_port(), name=f"{TASK}-cloud")) as agent:
-        served = agent.local_model(TASK).batcher.call(x).outputs
+        served = agent.local_model(TASK).batcher.call((x,)).outputs[0]
     np.testing.assert_allclose(served, softmax(logits, m.temperature), rtol=1e-4, atol=1e-6)
     y = np.load(data)["y_val"]
     all_raw = open_session(exported).run(None, {"pixels": np.load(data)["x_val"]})[0]

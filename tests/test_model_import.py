@@ -86,7 +86,7 @@ def test_a_local_file_that_ends_in_softmax_is_served_as_it_is_when_the_profile_s
     for kind in ("probabilities", None):
         port = free_port()
         with Agent(agent_profile(tmp_path, port, path=exported, output_kind=kind)) as agent:
-            answers[kind] = agent.local_model(TASK).batcher.call(x).outputs
+            answers[kind] = agent.local_model(TASK).batcher.call((x,)).outputs[0]
     np.testing.assert_allclose(answers["probabilities"], own, rtol=1e-5)
     assert not np.allclose(answers[None], own, atol=1e-3)  # taken for logits, it is flattened: why the option exists
 

@@ -164,7 +164,7 @@ def test_fusion_replies_with_the_fused_distribution(worker: Worker, broker: Mosq
     reply = ask(broker, InferRequest("mnist1d", {"input": x, "edge_probs": edge}, model=SMALL, fusion=0.7))
     assert isinstance(reply, InferReply) and reply.source is Source.FUSED
     small = models_of(worker)[SMALL]
-    cloud = small.scores(small.session.run(None, {small.input.name: x})[0])
+    cloud = small.scores(small.session.run(None, {small.inputs[0].name: x})[0])
     np.testing.assert_allclose(reply.outputs["probabilities"], fuse(edge, cloud, 0.7), atol=1e-5)
     assert not np.allclose(reply.outputs["probabilities"], cloud, atol=1e-3)  # the edge's view changed it
     missing = ask(broker, InferRequest("mnist1d", {"input": x}, fusion=0.7))

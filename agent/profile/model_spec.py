@@ -91,7 +91,8 @@ class ModelSpec(StrictModel):
         " fp16 for GPUs (Jetson), fp32 when accuracy matters more than speed. The cloud decides"
         " what a release is (fedge-cloud compress); the agent warns when one differs.",
     )
-    input: InputSpec = Field(description="The model's input tensor.")
+    input: InputSpec = Field(description="The model's (first) input tensor. A model with several inputs takes the"
+                             " others as its graph declares them; requests send each by name.")
     output_kind: Literal["logits", "probabilities", "other"] | None = Field(
         None,
         description="For a `path` model: what its first output holds. logits (the default):"

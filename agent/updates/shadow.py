@@ -73,8 +73,8 @@ def predict(model: LocalModel, x: np.ndarray) -> np.ndarray:
     step = model.batcher.max_batch_size
     classes = []
     for start in range(0, len(x), step):
-        future = model.batcher.submit(np.ascontiguousarray(x[start:start + step]), PRIORITY_MIN)
-        classes.append(np.asarray(future.result(timeout=RESULT_TIMEOUT_S)).argmax(axis=-1))
+        future = model.batcher.submit((np.ascontiguousarray(x[start:start + step]),), PRIORITY_MIN)
+        classes.append(np.asarray(future.result(timeout=RESULT_TIMEOUT_S)[0]).argmax(axis=-1))
     return np.concatenate(classes) if classes else np.empty((0,), np.int64)
 
 

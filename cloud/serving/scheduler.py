@@ -32,8 +32,9 @@ class Job:
     model: str = field(compare=False, default="")  # the model chosen to run it
 
 
-def _batch_key(job: Job) -> tuple[str, str, tuple[int, ...]]:
-    return job.request.task, job.model, job.request.tensor.shape[1:]
+def _batch_key(job: Job) -> tuple[str, str, tuple[tuple[int, ...], ...]]:
+    """Jobs stack when they are for one model and alike past the batch axis in every tensor."""
+    return job.request.task, job.model, tuple(x.shape[1:] for x in job.request.inputs.values())
 
 
 class JobQueue:

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.confidence import output_scores
-from agent.manifest import ManifestError, TensorSpec
+from agent.feeds import Rows, named
+from agent.manifest import ManifestError, OutputKind, TensorSpec
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
 from cloud.fleet.feedback import FEEDBACK_ACCURACY, FEEDBACK_N
@@ -102,18 +103,20 @@ class ServedModel:
     name: str
     version: str
     session: Any
-    input: TensorSpec  # the model input as its manifest declares it (shape None: any size, e.g. the batch)
+    inputs: list[TensorSpec]  # the model's inputs as its manifest declares them (shape None: any size, e.g. the batch)
+    outputs: list[TensorSpec]
+    kind: OutputKind  # what the first output holds: with class scores, answers carry them calibrated
     scores: Callable[[np.ndarray], np.ndarray]  # the first output as answers carry it (agent.confidence)
     accuracy: float | None
     latency: LatencyEwma = field(default_factory=LatencyEwma)
     labels: list[str] | None = None  # the classes' names (manifest), for answers to name their top class
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (or a model's other output) for a batch, timing the run into the latency EWMA."""
+    def run(self, x: Rows) -> Rows:
+        """Every output for a batch (the first calibrated), timing the run into the latency EWMA."""
         started = time.perf_counter()
-        probs = self.scores(self.session.run(None, {self.input.name: x})[0])
-        self.latency.observe(len(x), (time.perf_counter() - started) * 1000)
-        return probs
+        first, *rest = self.session.run(None, named(x, self.inputs))
+        self.latency.observe(len(x[0]), (time.perf_counter() - started) * 1000)
+        return self.scores(first), *rest
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "accuracy": self.accuracy, "latency_ms": self.latency.snapshot()}
@@ -136,13 +139,16 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     for it and it does not inflate the batch-1 estimate.
     """
     m = stored.manifest
-    spec = m.inputs[0]
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        spec, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live), labels=m.labels)
-    row = [d or 1 for d in spec.shape[1:]]
-    model.session.run(None, {spec.name: np.zeros([1, *row], dtype=spec.dtype)})
+                        m.inputs, m.outputs, m.kind, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live),
+                        labels=m.labels)
+
+    def zeros(batch: int) -> Rows:
+        return tuple(np.zeros([batch, *(d or 1 for d in spec.shape[1:])], dtype=spec.dtype) for spec in m.inputs)
+
+    model.session.run(None, named(zeros(1), m.inputs))
     for batch in sorted({1, max_batch}):
-        model.run(np.zeros([batch, *row], dtype=spec.dtype))
+        model.run(zeros(batch))
     return model
 
 

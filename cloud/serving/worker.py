@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.confidence import fuse, top_labels
+from agent.feeds import Rows, answered, fit_inputs, named
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, Unacknowledged, connect, new_client
 from agent.protocol import (
@@ -48,7 +49,6 @@ from agent.protocol import (
     reply_topic,
     unanswerable,
 )
-from agent.protocol.tensors import fit_batch, require_finite
 from cloud.registry import open_registry
 from cloud.serving.scheduler import Job, JobQueue
 from cloud.serving.selection import UnknownModel, choose
@@ -246,7 +246,7 @@ class Worker:
         except UnknownModel as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
         request = fitted(request, choice.model)
-        check_fusion(request)
+        check_fusion(request, choice.model)
         self.stats.decided(request.task, choice.model.name, choice.reason)
         return request, choice.model.name
 
@@ -267,8 +267,8 @@ class Worker:
         model = self._by_name[(batch[0].request.task, batch[0].model)]
         started = time.monotonic()
         try:
-            x = np.concatenate([job.request.tensor for job in batch]).astype(np.float32, copy=False)
-            probs = model.run(x)
+            x = tuple(np.concatenate([job.request.inputs[spec.name] for job in batch]) for spec in model.inputs)
+            outputs = model.run(x)
         except Exception as exc:  # noqa: BLE001  # a bad batch fails its own requests, never the worker
             for job in batch:
                 self._fail(job, f"model run failed: {exc}")
@@ -276,22 +276,23 @@ class Worker:
         finished = time.monotonic()
         offset = 0
         for job in batch:
-            rows = len(job.request.tensor)
+            end = offset + len(job.request.tensor)
             try:
-                self._reply(job, model, probs[offset:offset + rows], started, finished)
+                self._reply(job, model, tuple(out[offset:end] for out in outputs), started, finished)
             except Exception as exc:  # one job's failure must not drop the rest of the batch
                 log.exception("failed to answer request %s", job.request.request_id)
                 self._fail(job, f"answering failed: {exc}")
-            offset += rows
+            offset = end
 
     def _fail(self, job: Job, message: str) -> None:
         self.stats.count("errors")
         self._answer_safely(ErrorReply(ErrorCode.INTERNAL, message, job.request.request_id), job.request.kind,
                             job.reply_to)
 
-    def _reply(self, job: Job, model: ServedModel, probs: np.ndarray, started: float, finished: float) -> None:
+    def _reply(self, job: Job, model: ServedModel, outputs: Rows, started: float, finished: float) -> None:
         request = job.request
         source = Source.CLOUD
+        probs, *rest = outputs
         if request.fusion is not None:
             edge = request.inputs[EDGE_PROBS]
             if edge.shape != probs.shape:
@@ -303,8 +304,9 @@ class Worker:
             probs, source = fuse(edge.astype(np.float32, copy=False), probs, request.fusion), Source.FUSED
         timings = {"queue": (started - job.arrived) * 1000, "cloud": (finished - started) * 1000}
         self.stats.answered(request.task, (finished - job.arrived) * 1000)
-        reply = InferReply({"probabilities": probs}, model.name, model.version, request.request_id, source, False,
-                           timings, top_labels(probs, model.labels))
+        labels = top_labels(probs, model.labels) if model.kind != "other" else ()
+        reply = InferReply(answered(model.kind, (probs, *rest), model.outputs), model.name, model.version,
+                           request.request_id, source, False, timings, labels)
         self._answer(reply, request.kind, job.reply_to)
 
     def _answer(self, reply: InferReply | ErrorReply, kind: BodyKind, target: tuple[str, Properties | None]) -> None:
@@ -330,20 +332,23 @@ def _fence_of(payload: bytes | bytearray) -> str | None:
 
 
 def fitted(request: InferRequest, model: ServedModel) -> InferRequest:
-    """The request with its input as ``model`` declares it (a missing batch axis added), and finite.
+    """The request with its inputs as ``model`` declares them (by name, batch axis added, finite), then any others.
 
     A wrong shape is the protocol's ``shape_mismatch``, never ONNX Runtime's error text as ``internal``.
     """
-    name = next(iter(request.inputs))
-    x = fit_batch(request.tensor, model.input.shape, f"{model.name} (task {request.task})")
-    require_finite(x, f"task {request.task}")
-    return request if x is request.tensor else replace(request, inputs={**request.inputs, name: x})
+    x = fit_inputs(request.inputs, model.inputs, f"{model.name} (task {request.task})", cast=True,
+                   reserved=(EDGE_PROBS,))
+    fusion = {EDGE_PROBS: request.inputs[EDGE_PROBS]} if EDGE_PROBS in request.inputs else {}
+    return replace(request, inputs={**named(x, model.inputs), **fusion})
 
 
-def check_fusion(request: InferRequest) -> None:
-    """A fusion request carries one row of edge probabilities per input row."""
+def check_fusion(request: InferRequest, model: ServedModel) -> None:
+    """A fusion request carries one row of edge probabilities per input row, for a model with class scores."""
     if request.fusion is None:
         return
+    if model.kind == "other":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"fusion mixes class scores, and {model.name} has none (its first"
+                            f" output {model.outputs[0].name!r} is not class scores)")
     edge = request.inputs.get(EDGE_PROBS)
     if edge is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"fusion asks for an {EDGE_PROBS!r} input with the edge model's "
