@@ -24,10 +24,11 @@ from typing import Any, Literal
 from agent.model_store import ModelStore
 from bench.results_file import Goal, bench_arguments, print_goals, write_result
 from bench.zoo_models import data_options, train_zoo
+from cloud.compress.base_models import trained_model
 from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.recipe import Pruning, Quantization, Recipe, Structured, Unstructured
 from cloud.compress.report import plot, report_document
-from cloud.compress.search import search, trained_model
+from cloud.compress.search import search
 from cloud.zoo.tasks import DataOptions, get_task
 
 TASKS = ("mnist1d", "digits")

@@ -22,13 +22,13 @@ import yaml
 from agent.config.problems import ConfigError
 from agent.model_store import ModelStore
 from agent.session import open_session
+from cloud.compress.base_models import trained_model
 from cloud.compress.calibration import fit_temperature, nll
 from cloud.compress.distill import DistillSettings, distillation_gain
 from cloud.compress.measure import accuracy, flops, parameter_counts
 from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured, sparsity_of
 from cloud.compress.quantize import dynamic_int8, fp16, initializer_types, static_int8
 from cloud.compress.recipe import load_recipe
-from cloud.compress.search import trained_model
 from cloud.export import export_onnx
 from cloud.zoo.pipeline import train_and_publish
 from cloud.zoo.tasks import DataOptions, get_task
@@ -204,8 +204,9 @@ def test_a_model_that_may_have_trained_on_the_validation_rows_is_refused(
 
 
 def test_the_teacher_is_checked_only_when_it_teaches(store: ModelStore, tmp_path: Path) -> None:
+    from cloud.compress.base_models import NoModelToCompress
     from cloud.compress.recipe import Recipe
-    from cloud.compress.search import NoModelToCompress, search
+    from cloud.compress.search import search
 
     shutil.copytree(store.root, tmp_path / "old")
     _edit_trained(tmp_path / "old", "mnist1d-cloud", lambda t: t.pop("held_out"))
@@ -280,8 +281,9 @@ def test_compress_reports_each_variant_before_fine_tuning_the_next(store: ModelS
     })
     lines: list[str] = []
     search(store, "mnist1d", recipe, tmp_path / "variants", max_drop_points=100, data=DATA, log=lines.append)
-    assert [line.split()[0] for line in lines] == ["none+fp32", "fine-tuning", "channels50-l1+fp32"], lines
-    assert lines[1] == "  fine-tuning channels50-l1 (1 epochs)"
+    assert [line.split()[0] for line in lines] == ["base", "none+fp32", "fine-tuning", "channels50-l1+fp32"], lines
+    assert lines[0].strip() == "base mnist1d-cloud v1, teacher mnist1d-cloud v1"  # fedge trained it: no caveat
+    assert lines[2] == "  fine-tuning channels50-l1 (1 epochs)"
 
 
 @pytest.mark.parametrize("budget", ["-5", "nan"])

@@ -31,7 +31,7 @@ def add_compress(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " the next version of <task>-edge. Writes report.json, report.md and report.png. Exits 1 when no variant"
         " is within the budget.",
     )
-    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a task of your own (tasks/<name>.yaml)")
     parser.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: the built-in grid)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="largest accepted drop of validation accuracy (held-out training data; the test set"
@@ -63,8 +63,9 @@ def _release(args: argparse.Namespace, result: SearchResult) -> str:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from cloud.compress.base_models import NoModelToCompress
     from cloud.compress.report import write_report  # torch and matplotlib: only when a model is compressed
-    from cloud.compress.search import NoModelToCompress, search
+    from cloud.compress.search import search
 
     out = args.out or Path("reports") / args.task
     if not args.max_accuracy_drop >= 0:  # NaN too: no variant could ever be within it
@@ -73,7 +74,7 @@ def run_compress(args: argparse.Namespace) -> int:
         return ExitCode.INVALID_INPUT
     try:
         recipe = load_recipe(args.recipe)
-        print(f"compress {args.task}: base {recipe.base}, budget {args.max_accuracy_drop} points")
+        print(f"compress {args.task}: budget {args.max_accuracy_drop} points")
         result = search(store_of(args), args.task, recipe, out / "variants", max_drop_points=args.max_accuracy_drop)
     except (ConfigError, UnknownTask, NoModelToCompress, ManifestError) as exc:
         print(f"fedge-cloud compress: {exc}", file=sys.stderr)

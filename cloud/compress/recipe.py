@@ -56,7 +56,9 @@ class Quantization(_Strict):
 class Recipe(_Strict):
     """What `fedge-cloud compress` tries: every pruning variant times every quantization variant."""
 
-    base: Literal["cloud", "edge"] = Field("cloud", description="Which zoo architecture to compress")
+    base: Literal["cloud", "edge"] | None = Field(
+        None, description="Which model to compress: default cloud where fedge trained it (the zoo's tasks), else"
+        " the edge student (a task whose cloud model was imported)")
     seed: int = 0
     distillation: Distillation | None = Field(default_factory=Distillation)
     pruning: Pruning = Field(default_factory=Pruning)

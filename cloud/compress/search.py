@@ -21,22 +21,18 @@ from typing import Protocol, TypeVar
 import numpy as np
 from torch import nn
 
-from agent.federated.architectures import ArchConfig, build
+from agent.federated.architectures import ArchConfig
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
 from cloud.compress import quantize
+from cloud.compress.base_models import require_unseen_validation, teacher_of, trained_model
 from cloud.compress.calibration import Calibration, fit_temperature
 from cloud.compress.measure import Measurement, measure
 from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured
 from cloud.compress.recipe import Recipe, Unstructured
 from cloud.export import export_onnx
-from cloud.store import load_checkpoint
-from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task, model_name
+from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task
 from cloud.zoo.train import seed_everything, train_classifier
-
-
-class NoModelToCompress(LookupError):
-    """The store lacks the trained model a recipe starts from; the message says how to train it."""
 
 
 @dataclass(frozen=True)
@@ -81,45 +77,6 @@ class SearchResult:
         """The variant most accurate on validation other than the reference (for a budget nobody met)."""
         return max((v for v in self.variants if v is not self.reference),
                    key=lambda v: v.measurement.validation_accuracy, default=self.reference)
-
-
-def trained_model(store: ModelStore, task: str, role: str) -> tuple[StoredModel, nn.Sequential, ArchConfig]:
-    name = model_name(task, role)
-    if not store.versions(task, name):
-        raise NoModelToCompress(
-            f"no trained {name} in the store {store.root}; train it first: "
-            f"fedge-cloud train --task {task} --model {role} --store {store.root}"
-        )
-    stored = store.get(task, name)
-    checkpoint = load_checkpoint(stored)
-    config = ArchConfig.from_dict(checkpoint["arch"])
-    model = build(config)
-    model.load_state_dict(checkpoint["state_dict"])
-    return stored, model.eval(), config
-
-
-def require_unseen_validation(store: ModelStore, stored: StoredModel, role: str, data: DataOptions) -> None:
-    """Refuse a model that may have trained on the rows compress chooses on: the choice would be silently biased.
-
-    The zoo (and compress's own releases) record in ``recipe.trained`` the fraction held out and the data options;
-    a store made before the zoo held out anything, or with other data options, has to be retrained.
-    """
-    m = stored.manifest
-    trained = (m.recipe or {}).get("trained") or {}
-    expected = data.split_record()
-    retrain = f"retrain it: fedge-cloud train --task {m.task} --model {role} --store {store.root}"
-    if trained.get("held_out") != expected["held_out"]:
-        raise NoModelToCompress(
-            f"{m.task}/{m.name} v{m.version} was not trained with the last {expected['held_out']:.0%} of the training"
-            f" set held out (recipe.trained.held_out: {trained.get('held_out')}), and compress chooses variants on"
-            f" that part; {retrain}"
-        )
-    if trained.get("data") != expected["data"]:
-        raise NoModelToCompress(
-            f"{m.task}/{m.name} v{m.version} was trained on other data options ({trained.get('data')}) than compress"
-            f" loads ({expected['data']}), so its training rows would overlap the validation rows; {retrain}"
-            " (with the default --train-size and --test-size)"
-        )
 
 
 def quantized_variants(fp32: Path, recipe: Recipe, calibration_x: np.ndarray) -> list[tuple[str, Path]]:
@@ -186,10 +143,13 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
            data: DataOptions = DataOptions(), log: Callable[[str], None] = print) -> SearchResult:
     """Run the whole grid; files land in ``workdir/<pruning>/<quantization>.onnx``."""
     task = get_task(task_name)
-    base_stored, base, config = trained_model(store, task_name, recipe.base)
-    cloud_stored, cloud, _ = trained_model(store, task_name, "cloud")
-    require_unseen_validation(store, base_stored, recipe.base, data)
-    if recipe.distillation:  # the teacher's knowledge of the validation rows would reach the student too
+    cloud_stored, cloud, ours = teacher_of(store, task_name)
+    base_role = recipe.base or ("cloud" if ours else "edge")  # an imported cloud model has no weights to prune
+    base_stored, base, config = trained_model(store, task_name, base_role)
+    log(f"  base {base_stored.manifest.name} v{base_stored.manifest.version}, teacher {cloud_stored.manifest.name}"
+        f" v{cloud_stored.manifest.version}{'' if ours else ' (imported: the rows it trained on are unknown)'}")
+    require_unseen_validation(store, base_stored, base_role, data)
+    if recipe.distillation and ours:  # the teacher's knowledge of the validation rows would reach the student too
         require_unseen_validation(store, cloud_stored, "cloud", data)
     full = task.load(data)
     train, (x_val, y_val) = full.validation_split()  # the part the zoo's models were not trained on

@@ -32,6 +32,7 @@ from cloud.options import (
 )
 from cloud.registry import RegistryUnavailable, RoundRecord, default_registry
 from cloud.zoo.tasks import TASKS
+from cloud.zoo.user_tasks import pin_tasks_dir
 
 DEFAULT_STATE = Path("var/federated")
 
@@ -53,7 +54,8 @@ def add_fl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_round_options(parser: argparse.ArgumentParser) -> None:
     d = FederatedSettings()
-    parser.add_argument("--task", default=d.task, help=f"task (default {d.task}; one of {', '.join(TASKS)})")
+    parser.add_argument("--task", default=d.task, help=f"task (default {d.task}; {', '.join(TASKS)} or a task of your"
+                        " own, tasks/<name>.yaml)")
     parser.add_argument("--model", default="", help="edge model to fine-tune (default: TASK-edge)")
     parser.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
     parser.add_argument("--rounds-per-release", type=int, default=d.rounds_per_release, metavar="K",
@@ -94,6 +96,7 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **more: object) -> FederatedSettings:
+    pin_tasks_dir()  # a user's task file is found from Flower's processes too, wherever they run
     return FederatedSettings(
         task=args.task, model=args.model, rounds=args.rounds, rounds_per_release=args.rounds_per_release,
         min_nodes=args.min_nodes, fraction=args.fraction, round_timeout_s=args.round_timeout, strategy=args.strategy,

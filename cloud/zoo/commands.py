@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypedDict
 
 from agent.command_line import os_error_reason, print_help_of
+from agent.config.problems import ConfigError
 from agent.exit_codes import ExitCode
 from agent.manifest import ManifestError
 from agent.model_store import StoredModel
@@ -26,12 +27,14 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     """Register `train`."""
     parser = commands.add_parser(
         "train",
-        help="train a zoo model and add it to the model store",
+        help="train a task's model and add it to the model store",
         description="Train the cloud or edge model of a task (deterministic for a seed), export it to ONNX"
         " and write the ONNX file, the fp32 checkpoint and a manifest as the next version in the store."
-        f" Tasks: {', '.join(f'{t.name} ({t.description})' for t in TASKS.values())}.",
+        f" The zoo's tasks: {', '.join(f'{t.name} ({t.description})' for t in TASKS.values())}. A task of your"
+        " own (tasks/<name>.yaml, docs/TASKS.md) trains its edge student, distilled from the cloud model you"
+        " imported.",
     )
-    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a task of your own")
     parser.add_argument("--model", required=True, choices=("cloud", "edge"), help="which architecture")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the task's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
@@ -43,7 +46,8 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cloud.zoo.pipeline import train_and_publish  # torch loads only for commands that train
+    from cloud.compress.base_models import NoModelToCompress  # torch loads only for commands that train
+    from cloud.zoo.pipeline import train_and_publish
 
     for flag, value in (("--epochs", args.epochs), ("--train-size", args.train_size), ("--test-size", args.test_size)):
         if value is not None and value < 1:
@@ -52,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
         get_task(args.task)  # a typo leaves no empty store behind
-    except UnknownTask as exc:
+    except (UnknownTask, ConfigError) as exc:
         print(f"fedge-cloud train: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     try:
@@ -67,6 +71,9 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except DataTooSmall as exc:
         print(f"fedge-cloud train: {exc} (--train-size, --test-size)", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except (NoModelToCompress, ConfigError, ValueError) as exc:  # no teacher, bad data, no such architecture
+        print(f"fedge-cloud train: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except OSError as exc:  # e.g. a full temporary directory while exporting: not necessarily the store
         print(f"fedge-cloud train: {args.task}/{args.model} not released: {os_error_reason(exc)}", file=sys.stderr)
