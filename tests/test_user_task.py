@@ -58,9 +58,10 @@ def cloud_model(x: np.ndarray, y: np.ndarray, path: Path) -> Path:
                          input_name="signal", output_name="probs")
 
 
-def fedge_cloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def fedge_cloud(tmp: Path, *args: str, code: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``fedge-cloud`` with the test's task folder, store and registry (``code``: the user's modules, on PYTHONPATH)."""
     env = {**os.environ, "FEDGE_TASKS": str(tmp / "tasks"), "FEDGE_STORE": str(tmp / "state" / "models"),
-           "FEDGE_REGISTRY": str(tmp / "registry.db")}
+           "FEDGE_REGISTRY": str(tmp / "registry.db"), **({"PYTHONPATH": str(code)} if code else {})}
     return subprocess.run([str(BIN / "fedge-cloud"), *args], check=False, capture_output=True, text=True,
                           timeout=600, env=env)
 
@@ -167,3 +168,74 @@ def test_the_fleet_fine_tunes_a_user_tasks_edge_model_with_flower(tmp_path: Path
     rows = [line.split() for line in ran.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("1", "2", "0", "0"), ("2", "2", "0", "0")], ran.stdout
     assert all(int(r[4]) > 0 for r in rows), ran.stdout  # both devices trained on what they kept
+
+
+NETS = '''
+from torch import nn
+
+
+def teacher(shape, classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(shape[0], 96), nn.ReLU(), nn.Linear(96, classes))
+
+
+def student(shape, classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(shape[0], 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+def flat(shape, classes):
+    return nn.Linear(shape[0], classes + 1)
+'''
+
+
+def test_a_cloud_model_and_a_student_from_the_users_own_code_are_trained_compressed_and_fine_tuned(
+        tmp_path: Path) -> None:
+    """cloud.factory and edge.factory name the user's torch code; compress prunes it unstructured only."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "pump_nets.py").write_text(NETS)
+    x_train, y_train = signals(1200, 7)
+    x_test, y_test = signals(300, 8)
+    np.savez(tmp_path / "v.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    task_file(tmp_path, {"data": {"npz": "../v.npz"}, "input": {"shape": [LENGTH]}, "classes": CLASSES,
+                         "cloud": {"factory": "pump_nets:teacher"}, "edge": {"factory": "pump_nets:student"},
+                         "epochs": {"cloud": 20, "edge": 10, "finetune": 2}})
+    recipe = {**SMALL_RECIPE, "pruning": {**SMALL_RECIPE["pruning"], "unstructured": {"sparsities": [0.5]}}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    outputs = []
+    for step in [("train", "--task", TASK, "--model", "cloud", "--no-progress"),
+                 ("train", "--task", TASK, "--model", "edge", "--no-progress"),
+                 ("compress", "--task", TASK, "--recipe", str(tmp_path / "recipe.yaml"), "--max-accuracy-drop", "10",
+                  "--out", str(tmp_path / "report")),
+                 ("fl", "simulate", "--task", TASK, "--devices", "2", "--rounds", "1", "--samples-per-device", "300",
+                  "--store", str(tmp_path / "state" / "models"), "--registry", str(tmp_path / "registry.db"))]:
+        ran = fedge_cloud(tmp_path, *step, code=tmp_path / "code")  # the user's code is importable, as it must be
+        assert ran.returncode == 0, (step, ran.stdout[-2000:], ran.stderr[-2000:])
+        outputs.append(ran.stdout)
+    assert "structured pruning skipped: pump_nets:student is your code" in outputs[2], outputs[2]
+    assert "sparse50-global" in outputs[2] and "channels50" not in outputs[2], outputs[2]
+    assert "teacher vibration-cloud v1" in outputs[2] and "(imported" not in outputs[2], outputs[2]  # fedge trained it
+    rounds = [line.split() for line in outputs[3].splitlines() if line.split()[:1] == ["1"]]
+    assert rounds and rounds[0][1] == "2", outputs[3]  # both devices fine-tuned the user's student
+    store = ModelStore(tmp_path / "state" / "models")
+    edge = open_session(store.get(TASK, f"{TASK}-edge").model_path)
+    cloud = open_session(store.get(TASK, f"{TASK}-cloud").model_path)
+    edge_accuracy = (edge.run(None, {"input": x_test})[0].argmax(axis=1) == y_test).mean()
+    cloud_accuracy = (cloud.run(None, {"input": x_test})[0].argmax(axis=1) == y_test).mean()
+    assert cloud_accuracy > 0.6 and edge_accuracy > 0.4, (cloud_accuracy, edge_accuracy)
+
+
+@pytest.mark.parametrize(("factory", "says"), [
+    ("pump_nets:nothing", "model factory pump_nets:nothing: module 'pump_nets' has no attribute 'nothing'"),
+    ("nowhere:student", "model factory nowhere:student: No module named 'nowhere' (its module must be importable"),
+    ("pump_nets:flat", "model factory pump_nets:flat: answers shape [2, 5] for 2 rows"),
+])
+def test_a_factory_that_cannot_make_the_model_is_named_and_trains_nothing(tmp_path: Path, factory: str,
+                                                                          says: str) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "pump_nets.py").write_text(NETS)
+    x, y = signals(60, 9)
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    task_file(tmp_path, {"data": {"npz": "../v.npz"}, "input": {"shape": [LENGTH]}, "classes": CLASSES,
+                         "cloud": {"factory": factory}})
+    ran = fedge_cloud(tmp_path, "train", "--task", TASK, "--model", "cloud", "--no-progress", code=tmp_path / "code")
+    assert ran.returncode == 2 and says in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+    assert not (tmp_path / "state" / "models" / TASK).exists()

@@ -3,6 +3,9 @@
 Every model is an ``nn.Sequential`` built from an ``ArchConfig``: conv blocks
 (conv, batch norm, ReLU, optional max-pool) then fully connected layers. The
 structured pruner edits ``channels``/``hidden`` and copies the kept weights.
+A user's own torch model is a config too (kind ``factory``): ``package.module:function``,
+called with the input shape and the number of classes wherever the model is built,
+so that module must be importable there (the cloud, and devices that fine-tune it).
 
 They live with the agent's federated client because a device rebuilds the edge
 model from its config to fine-tune it; the cloud's zoo and compression import
@@ -11,6 +14,7 @@ them from here (the agent never imports the cloud).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,11 +23,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+class FactoryError(ValueError):
+    """A model factory that cannot be imported, called, or gives no torch module; the message says which."""
+
+
 @dataclass(frozen=True)
 class ArchConfig:
-    """A conv-then-dense classifier over 1-D signals or 2-D images."""
+    """A conv-then-dense classifier over 1-D signals or 2-D images, or a user's factory's model."""
 
-    kind: Literal["conv1d", "conv2d"]
+    kind: Literal["conv1d", "conv2d", "factory"]
     input_shape: tuple[int, ...]  # one sample, without the batch dimension, as requests carry it
     channels: tuple[int, ...]
     kernels: tuple[int, ...]
@@ -31,6 +39,7 @@ class ArchConfig:
     pools: tuple[int, ...] = field(default=())  # max-pool size after each conv block (1 = none)
     hidden: tuple[int, ...] = ()
     classes: int = 10
+    factory: str = ""  # kind factory: "package.module:function", called as function(input_shape, classes)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +67,8 @@ def build(config: ArchConfig) -> nn.Sequential:
     """The torch model for a config; input [N, *input_shape], output logits [N, classes]."""
     from torch import nn  # here: reading configs (the zoo's task list, every fedge-cloud command) needs no torch
 
+    if config.kind == "factory":
+        return nn.Sequential(_from_factory(config))
     conv, norm, pool = (
         (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if config.kind == "conv1d" else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)
     )
@@ -82,6 +93,20 @@ def build(config: ArchConfig) -> nn.Sequential:
         features = width
     layers.append(nn.Linear(features, config.classes))
     return nn.Sequential(*layers)
+
+
+def _from_factory(config: ArchConfig) -> nn.Module:
+    from torch import nn
+
+    module_name, _, function = config.factory.partition(":")
+    try:
+        made = getattr(importlib.import_module(module_name), function)(tuple(config.input_shape), config.classes)
+    except (ImportError, AttributeError) as exc:
+        raise FactoryError(f"model factory {config.factory}: {exc} (its module must be importable here: installed,"
+                           " or on PYTHONPATH)") from None
+    if not isinstance(made, nn.Module):
+        raise FactoryError(f"model factory {config.factory} returned a {type(made).__name__}, not a torch nn.Module")
+    return made
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -57,8 +57,8 @@ class Recipe(_Strict):
     """What `fedge-cloud compress` tries: every pruning variant times every quantization variant."""
 
     base: Literal["cloud", "edge"] | None = Field(
-        None, description="Which model to compress: default cloud where fedge trained it (the zoo's tasks), else"
-        " the edge student (a task whose cloud model was imported)")
+        None, description="Which model to compress: default cloud for the zoo's tasks, the edge student for a task"
+        " of your own (your cloud model is its teacher)")
     seed: int = 0
     distillation: Distillation | None = Field(default_factory=Distillation)
     pruning: Pruning = Field(default_factory=Pruning)

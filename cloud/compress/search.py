@@ -31,7 +31,7 @@ from cloud.compress.measure import Measurement, measure
 from cloud.compress.prune import apply_unstructured, make_permanent, prune_structured
 from cloud.compress.recipe import Recipe, Unstructured
 from cloud.export import export_onnx
-from cloud.zoo.tasks import DataOptions, Dataset, Task, get_task
+from cloud.zoo.tasks import TASKS, DataOptions, Dataset, Task, get_task
 from cloud.zoo.train import seed_everything, train_classifier
 
 
@@ -118,10 +118,13 @@ def _pruned_models(base: nn.Sequential, config: ArchConfig, recipe: Recipe, task
     if 1.0 in p.structured.keep_ratios:
         yield "none", base, config
     jobs: list[tuple[str, Callable[[], tuple[nn.Module, ArchConfig]]]] = []
-    for ratio in p.structured.keep_ratios:
-        if ratio < 1.0:
-            jobs.append((f"channels{round(ratio * 100)}-{p.structured.norm}",
-                         partial(prune_structured, base, config, ratio, norm=p.structured.norm)))
+    narrower = [ratio for ratio in p.structured.keep_ratios if ratio < 1.0]
+    if narrower and config.kind == "factory":
+        log(f"  structured pruning skipped: {config.factory} is your code, not the zoo's conv family")
+        narrower = []
+    for ratio in narrower:
+        jobs.append((f"channels{round(ratio * 100)}-{p.structured.norm}",
+                     partial(prune_structured, base, config, ratio, norm=p.structured.norm)))
     for sparsity in p.unstructured.sparsities:
         jobs.append((f"sparse{round(sparsity * 100)}-{p.unstructured.scope}",
                      partial(_masked_copy, base, config, sparsity, p.unstructured)))
@@ -144,7 +147,7 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
     """Run the whole grid; files land in ``workdir/<pruning>/<quantization>.onnx``."""
     task = get_task(task_name)
     cloud_stored, cloud, ours = teacher_of(store, task_name)
-    base_role = recipe.base or ("cloud" if ours else "edge")  # an imported cloud model has no weights to prune
+    base_role = recipe.base or ("cloud" if task_name in TASKS else "edge")  # a user's task: their cloud model teaches
     base_stored, base, config = trained_model(store, task_name, base_role)
     log(f"  base {base_stored.manifest.name} v{base_stored.manifest.version}, teacher {cloud_stored.manifest.name}"
         f" v{cloud_stored.manifest.version}{'' if ours else ' (imported: the rows it trained on are unknown)'}")

@@ -72,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
     except DataTooSmall as exc:
         print(f"fedge-cloud train: {exc} (--train-size, --test-size)", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    except (NoModelToCompress, ConfigError, ValueError) as exc:  # no teacher, bad data, no such architecture
+    except (NoModelToCompress, ConfigError, ValueError) as exc:  # no teacher, bad data or factory, no such model
         print(f"fedge-cloud train: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except OSError as exc:  # e.g. a full temporary directory while exporting: not necessarily the store

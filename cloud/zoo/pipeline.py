@@ -10,7 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.federated.architectures import ArchConfig, build, parameter_count
+import torch
+
+from agent.federated.architectures import ArchConfig, FactoryError, build, example_input, parameter_count
 from agent.model_store import ModelStore, StoredModel
 from cloud.compress.base_models import teacher_of
 from cloud.compress.distill import DistillSettings
@@ -18,6 +20,19 @@ from cloud.export import export_onnx
 from cloud.store import publish
 from cloud.zoo.tasks import TASKS, DataOptions, get_task, model_name
 from cloud.zoo.train import accuracy, logits_of, seed_everything, train_classifier
+
+
+def check_outputs(model: torch.nn.Module, config: ArchConfig) -> None:
+    """A model answers [batch, classes] logits for its input shape; FactoryError saying what a factory's gives."""
+    with torch.no_grad():
+        try:
+            shape = list(model.eval()(example_input(config, 2)).shape)
+        except RuntimeError as exc:  # a factory's model that does not take the task's input
+            raise FactoryError(f"model factory {config.factory}: fails on an input of shape [2, "
+                               f"{', '.join(map(str, config.input_shape))}]: {str(exc).splitlines()[0]}") from None
+    if shape != [2, config.classes]:
+        raise FactoryError(f"model factory {config.factory}: answers shape {shape} for 2 rows; fedge needs logits of"
+                           f" shape [2, {config.classes}] (one score per class)")
 
 
 @dataclass(frozen=True)
@@ -45,10 +60,11 @@ def train_and_publish(
     config: ArchConfig = task.models[role]
     # The held-out end of the training set stays unseen, so compression can choose variants on it honestly.
     dataset, _ = task.load(data).validation_split()
-    teacher = teacher_of(store, task_name)[1] if task_name not in TASKS else None
+    teacher = teacher_of(store, task_name)[1] if task_name not in TASKS and role == "edge" else None
     distilled = DistillSettings() if teacher is not None else None
     generator = seed_everything(seed)  # before build: initial weights come from the seed too
     model = build(config)
+    check_outputs(model, config)
     train_classifier(
         model, dataset.x_train, dataset.y_train, epochs=epochs or task.epochs[role], generator=generator,
         teacher=teacher, alpha=distilled.alpha if distilled else 0.5,

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from agent.config.base import FileConfig, FilePath, StrictModel, rule_broken
 from agent.config.loader import load_model
@@ -58,25 +58,47 @@ class InputSection(StrictModel):
                              " image")
 
 
-class EdgeSection(StrictModel):
-    """The edge student, in the zoo's conv-then-dense family (agent/federated/architectures.py)."""
+Factory = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
-    kind: Literal["conv1d", "conv2d"]
-    channels: list[int] = Field(min_length=1, max_length=8)
-    kernels: list[int] = Field(min_length=1, max_length=8)
-    strides: list[int] = Field(min_length=1, max_length=8)
+
+class CloudSection(StrictModel):
+    """A cloud model fedge trains from your code; without this section it is the ONNX file you import."""
+
+    factory: Factory = Field(description="package.module:function, called as function(input_shape, classes), giving"
+                             " a torch nn.Module that outputs logits; `fedge-cloud train --model cloud` trains it.")
+
+
+class EdgeSection(StrictModel):
+    """The edge student: the zoo's conv-then-dense family (agent/federated/architectures.py), or your factory."""
+
+    factory: Factory | None = Field(None, description="package.module:function giving your own student (called as"
+                                    " function(input_shape, classes)); devices that fine-tune it must import it too."
+                                    " Compress prunes it unstructured only.")
+    kind: Literal["conv1d", "conv2d"] | None = None
+    channels: list[int] = Field(default_factory=list, max_length=8)
+    kernels: list[int] = Field(default_factory=list, max_length=8)
+    strides: list[int] = Field(default_factory=list, max_length=8)
     hidden: list[int] = Field(default_factory=list, max_length=4)
 
     @model_validator(mode="after")
     def one_per_block(self) -> EdgeSection:
-        """channels, kernels and strides describe the same conv blocks."""
-        if not len(self.channels) == len(self.kernels) == len(self.strides):
+        """A factory, or a kind with channels, kernels and strides describing the same conv blocks."""
+        if (self.factory is None) == (self.kind is None):
+            raise rule_broken("give the edge student as factory (your code) or as kind with channels, kernels and"
+                              " strides (the zoo's conv family), exactly one")
+        if self.factory is not None:
+            if self.channels or self.kernels or self.strides or self.hidden:
+                raise rule_broken("a factory's student is your code: channels, kernels, strides and hidden describe"
+                                  " the zoo's conv family; remove them")
+            return self
+        if not self.channels or not len(self.channels) == len(self.kernels) == len(self.strides):
             raise rule_broken(f"channels, kernels and strides give one entry per conv block; they have"
                               f" {len(self.channels)}, {len(self.kernels)} and {len(self.strides)}")
         return self
 
 
 class Epochs(StrictModel):
+    cloud: int = Field(30, ge=1, le=1000, description="Epochs of training a cloud model from a factory.")
     edge: int = Field(30, ge=1, le=1000, description="Epochs of distillation into the edge student.")
     finetune: int = Field(30, ge=0, le=1000, description="Epochs of fine-tuning each pruned variant in compress.")
 
@@ -88,6 +110,8 @@ class TaskFile(FileConfig):
     data: DataSection
     input: InputSection
     classes: int = Field(ge=2, le=10_000, description="How many classes the labels (0 .. classes-1) name.")
+    cloud: CloudSection | None = Field(None, description="Your cloud model as code fedge trains; default: the ONNX file"
+                                       " you import as <task>-cloud.")
     edge: EdgeSection | None = Field(None, description="The edge student; default: a small conv net scaled to the"
                                      " input (conv1d for [length] or [channels, length], conv2d for images).")
     epochs: Epochs = Field(default_factory=Epochs)
@@ -96,7 +120,7 @@ class TaskFile(FileConfig):
     def edge_fits_input(self) -> TaskFile:
         """A conv2d student needs [channels, height, width]; conv1d [length] or [channels, length]."""
         rank = len(self.input.shape)
-        if self.edge is not None and (self.edge.kind == "conv2d") != (rank == 3):
+        if self.edge is not None and self.edge.kind is not None and (self.edge.kind == "conv2d") != (rank == 3):
             raise rule_broken(f"edge.kind {self.edge.kind} does not fit input.shape {self.input.shape}: use conv2d"
                               " for [channels, height, width], conv1d otherwise", "edge", "kind")
         return self
@@ -124,7 +148,9 @@ def edge_arch(declared: TaskFile) -> ArchConfig:
     """The edge student's config: the file's, or the zoo's small conv nets scaled to the input."""
     shape, classes = tuple(declared.input.shape), declared.classes
     e = declared.edge
-    if e is not None:
+    if e is not None and e.factory is not None:
+        return ArchConfig("factory", shape, (), (), (), classes=classes, factory=e.factory)
+    if e is not None and e.kind is not None:
         return ArchConfig(e.kind, shape, tuple(e.channels), tuple(e.kernels), tuple(e.strides),
                           hidden=tuple(e.hidden), classes=classes)
     if len(shape) == 3:
@@ -139,8 +165,12 @@ def load_user_task(name: str, path: Path) -> Task:
     def load(_: DataOptions) -> Dataset:  # the data is the user's: sizes and seeds of generated data do not apply
         return _dataset(declared, path)
 
-    return Task(name=name, description=declared.description or f"user task from {path}", load=load,
-                models={"edge": edge_arch(declared)}, epochs={"edge": declared.epochs.edge},
+    models = {"edge": edge_arch(declared)}
+    if declared.cloud is not None:
+        models["cloud"] = ArchConfig("factory", tuple(declared.input.shape), (), (), (), classes=declared.classes,
+                                     factory=declared.cloud.factory)
+    return Task(name=name, description=declared.description or f"user task from {path}", load=load, models=models,
+                epochs={"edge": declared.epochs.edge, "cloud": declared.epochs.cloud},
                 finetune_epochs=declared.epochs.finetune)
 
 
