@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,12 @@ import yaml
 from torch import nn
 
 from agent.profile import parse_profile
-from cloud.local.mosquitto import free_port
+from agent.protocol import ErrorReply, InferReply, InferRequest, Topics, decode_reply, encode_request
+from cloud.local.mosquitto import Mosquitto, free_port
+from cloud.serving.worker import WorkerSettings
 from tests.agent_support import profile_doc
+from tests.mqtt_helpers import Inbox, client, subscribe
+from tests.serving_support import running_worker
 
 BIN = Path(sys.executable).parent
 TASK = "gestures"
@@ -77,3 +83,21 @@ def agent_profile(tmp: Path, port: int, *, name: str | None = None, path: Path |
     doc["offload"] = {TASK: {"mode": "threshold", "metric": "max_prob", "threshold": 0.5}} if offload else {}
     doc["broker"] = {"host": "127.0.0.1", "port": free_port()}  # nobody there: every answer is local
     return parse_profile(yaml.safe_dump(doc), str(tmp / "profile.yaml"), env={})
+
+
+@contextmanager
+def asking_a_worker(tmp: Path, broker: Mosquitto) -> Iterator[Callable[[InferRequest], InferReply | ErrorReply]]:
+    """A real cloud worker serving the store at ``tmp``/state/models, and a call that asks it one request over MQTT."""
+    settings = WorkerSettings(store=tmp / "state" / "models", broker=broker.settings, worker_id="w",
+                              status_interval_s=0.2)
+    with running_worker(settings, broker), client(broker, "caller") as caller:
+        inbox = Inbox(caller)
+        subscribe(caller, "test/replies")
+
+        def ask(request: InferRequest) -> InferReply | ErrorReply:
+            payload, props = encode_request(request, response_topic="test/replies")
+            caller.publish(Topics().infer(request.task), payload, qos=1, properties=props)
+            msg = inbox.get(timeout=20)
+            return decode_reply(msg.payload, msg.properties)
+
+        yield ask

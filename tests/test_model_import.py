@@ -17,16 +17,23 @@ from onnx import TensorProto, helper
 from agent.agent import Agent
 from agent.manifest import Manifest, TensorSpec
 from agent.model_store import ModelStore
-from agent.protocol import InferReply, InferRequest, Topics, decode_reply, encode_request
+from agent.protocol import InferReply, InferRequest, Topics
 from agent.session import open_session
 from cloud.export import export_module
 from cloud.local.mosquitto import Mosquitto, free_port
 from cloud.registry import ModelState, open_registry
-from cloud.serving.worker import WorkerSettings
 from tests.http_support import http_call
-from tests.import_support import LABELS, TASK, Classifier, Embedder, agent_profile, import_model, labels_file, pixels
-from tests.mqtt_helpers import Inbox, client, subscribe
-from tests.serving_support import running_worker
+from tests.import_support import (
+    LABELS,
+    TASK,
+    Classifier,
+    Embedder,
+    agent_profile,
+    asking_a_worker,
+    import_model,
+    labels_file,
+    pixels,
+)
 
 
 def test_a_model_ending_in_softmax_is_imported_as_probabilities_and_served_as_they_are(tmp_path: Path) -> None:
@@ -184,14 +191,8 @@ def test_a_cloud_worker_serves_an_imported_model_by_its_own_input_name_and_outpu
                              input_name="pixels", output_name="probs")
     assert import_model(tmp_path, exported, "--labels", str(labels_file(tmp_path, LABELS))).returncode == 0
     x = pixels(1)
-    settings = WorkerSettings(store=tmp_path / "state" / "models", broker=broker.settings, worker_id="w",
-                              status_interval_s=0.2)
-    with running_worker(settings, broker), client(broker, "caller") as caller:
-        inbox = Inbox(caller)
-        subscribe(caller, "test/replies")
-        payload, props = encode_request(InferRequest(TASK, {"pixels": x}), response_topic="test/replies")
-        caller.publish(Topics().infer(TASK), payload, qos=1, properties=props)
-        msg = inbox.get(timeout=10)
+    with asking_a_worker(tmp_path, broker) as ask:
+        reply = ask(InferRequest(TASK, {"pixels": x}))
         body = json.dumps({"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
                                        "data": x.ravel().tolist()}]})
         rr = subprocess.run(["mosquitto_rr", "-V", "5", "-h", broker.host, "-p", str(broker.port), "-t",
@@ -199,7 +200,6 @@ def test_a_cloud_worker_serves_an_imported_model_by_its_own_input_name_and_outpu
                             capture_output=True, check=False, text=True, timeout=30)
     assert rr.returncode == 0, rr.stderr
     rr_doc = json.loads(rr.stdout)
-    reply = decode_reply(msg.payload, msg.properties)
     assert isinstance(reply, InferReply), reply
     own = open_session(exported).run(None, {"pixels": x})[0]
     np.testing.assert_allclose(reply.outputs["probabilities"], own, rtol=1e-5)

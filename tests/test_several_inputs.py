@@ -21,7 +21,7 @@ from agent.agent import Agent
 from agent.confidence import softmax
 from agent.model_store import ModelStore
 from agent.profile import parse_profile
-from agent.protocol import InferReply, InferRequest, Source, Topics, decode_reply, encode_request
+from agent.protocol import InferReply, InferRequest, Source
 from agent.session import open_session
 from bench.mobilenet import MobileNetV2, calibrated
 from cloud.export import export_module
@@ -30,9 +30,7 @@ from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import WorkerSettings
 from tests.agent_support import profile_doc
 from tests.http_support import http_call
-from tests.import_support import import_model
-from tests.mqtt_helpers import Inbox, client, subscribe
-from tests.serving_support import running_worker
+from tests.import_support import asking_a_worker, import_model
 
 TASK = "gestures"  # import_model's task
 WEIGHTS = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32) * 0.05  # small: unsure answers
@@ -154,14 +152,7 @@ def test_mobilenet_v2_is_imported_and_served_by_its_own_input_name_at_the_edge_a
     assert status == 200, doc
     out = doc["outputs"][0]  # type: ignore[index]
     np.testing.assert_allclose(np.asarray(out["data"], np.float32).reshape(out["shape"]), own, rtol=1e-4, atol=1e-6)
-    settings = WorkerSettings(store=tmp_path / "state" / "models", broker=broker.settings, worker_id="w",
-                              status_interval_s=0.2)
-    with running_worker(settings, broker), client(broker, "caller") as caller:
-        inbox = Inbox(caller)
-        subscribe(caller, "test/replies")
-        payload, props = encode_request(InferRequest(TASK, {"image": x}), response_topic="test/replies")
-        caller.publish(Topics().infer(TASK), payload, qos=1, properties=props)
-        msg = inbox.get(timeout=20)
-    reply = decode_reply(msg.payload, msg.properties)
+    with asking_a_worker(tmp_path, broker) as ask:
+        reply = ask(InferRequest(TASK, {"image": x}))
     assert isinstance(reply, InferReply), reply
     np.testing.assert_allclose(reply.outputs["probabilities"], own, rtol=1e-4, atol=1e-6)
