@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agent.audit import Auditor
 from agent.cascade import DEFAULT_QUEUE_DEPTH, Cascade, Route
 from agent.feedback import FeedbackTally
-from agent.feeds import SCORES
 from agent.http_api import ApiServer
-from agent.manifest import TensorSpec
 from agent.metrics import AgentMetrics, rss_mb
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, TlsFiles
@@ -34,7 +32,6 @@ from agent.protocol import (
     Limits,
     ProtocolError,
     Topics,
-    dtypes,
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
@@ -215,16 +212,7 @@ class Agent:
         task = self._tasks.get(name)
         if task is None:
             return None
-        model = task.model
-
-        def described(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": dtypes.by_name(s.dtype).oip,  # what infer takes, e.g. FP32
-                     "shape": [-1 if d is None else d for d in s.shape]} for s in specs]
-
-        outputs = model.outputs if model.output_kind == "other" else [
-            TensorSpec(name=SCORES, dtype="float32", shape=[None, None]), *model.outputs[1:]]
-        return {"name": name, "versions": [model.version], "platform": "onnxruntime",
-                "inputs": described(model.inputs), "outputs": described(outputs)}
+        return task.model.metadata
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
         """Label an answer: kept as a training label if its sample is stored, counted if it is recent.

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from agent.batching import MicroBatcher
 from agent.confidence import output_scores
-from agent.feeds import Rows, fit_inputs, graph_specs
+from agent.feeds import SCORES, Rows, fit_inputs, graph_specs
 from agent.manifest import Manifest, OutputKind, TensorSpec
 from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
 from agent.profile.schema import Profile
+from agent.protocol import dtypes
 from agent.session import open_session
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,19 @@ class LocalModel:
         Every request passes here (HTTP API, `fedge-agent infer`, in-process), so non-finite input is refused here.
         """
         return fit_inputs(given, self.inputs, f"task {self.task}")
+
+    @cached_property
+    def metadata(self) -> dict[str, Any]:
+        """The OIP model metadata: what infer takes and answers. Made once: every HTTP request reads it."""
+
+        def described(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": dtypes.by_name(s.dtype).oip,  # what infer takes, e.g. FP32
+                     "shape": [-1 if d is None else d for d in s.shape]} for s in specs]
+
+        outputs = self.outputs if self.output_kind == "other" else [
+            TensorSpec(name=SCORES, dtype="float32", shape=[None, None]), *self.outputs[1:]]
+        return {"name": self.task, "versions": [self.version], "platform": "onnxruntime",
+                "inputs": described(self.inputs), "outputs": described(outputs)}
 
     @property
     def labels(self) -> list[str] | None:
