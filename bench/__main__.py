@@ -9,7 +9,7 @@ import time
 
 # In the order a reader wants them: the transport baseline first.
 BENCHMARKS = ("raw_mqtt", "offload_rtt", "local_infer", "microbatch", "serving_peers", "footprint", "compression",
-              "cascade", "workers", "fleet", "federated", "soak")
+              "own_model", "cascade", "workers", "fleet", "federated", "soak")
 
 
 def main() -> int:
