@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +214,11 @@ class Agent:
         if task is None:
             return None
         return task.model.metadata
+
+    def admission(self, name: str) -> AbstractContextManager[object]:
+        """What an HTTP request for model ``name`` holds while it is worked on (an unknown model: nothing)."""
+        task = self._tasks.get(name)
+        return task.model.admission if task is not None else nullcontext()
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
         """Label an answer: kept as a training label if its sample is stored, counted if it is recent.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from contextlib import AbstractContextManager
 from http import HTTPStatus
 from importlib import metadata
 from typing import Any, Protocol
@@ -96,6 +97,8 @@ class InferenceService(Protocol):
     def model_metadata(self, name: str) -> dict[str, Any] | None: ...
 
     def infer(self, request: InferRequest) -> InferReply: ...
+
+    def admission(self, name: str) -> AbstractContextManager[object]: ...
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool: ...
 
@@ -258,16 +261,17 @@ class _Handler(ResponseHandler):
             return
         body, meta = posted
         service = self.server.service
-        try:
-            doc, binary_part = split_body(body, self.headers.get(binary.HEADER), service.limits)
-            request = decode_document(name, doc, service.limits, binary_part)
-            check_input_names(name, [i["name"] for i in meta["inputs"]], list(request.inputs))
-            wanted = binary_outputs(doc, [o["name"] for o in meta["outputs"]])
-            reply = service.infer(request)
-        except ProtocolError as exc:
-            self._error(STATUS_OF[exc.code], exc.message, exc.code)
-            return
-        answer, header_length = encode_reply(reply, (name, meta["versions"][0]), wanted)
+        with service.admission(name):  # the model's callers let in at once (models.<task>.max_concurrent_requests)
+            try:
+                doc, binary_part = split_body(body, self.headers.get(binary.HEADER), service.limits)
+                request = decode_document(name, doc, service.limits, binary_part)
+                check_input_names(name, [i["name"] for i in meta["inputs"]], list(request.inputs))
+                wanted = binary_outputs(doc, [o["name"] for o in meta["outputs"]])
+                reply = service.infer(request)
+            except ProtocolError as exc:
+                self._error(STATUS_OF[exc.code], exc.message, exc.code)
+                return
+            answer, header_length = encode_reply(reply, (name, meta["versions"][0]), wanted)
         if header_length is None:
             self._send(HTTPStatus.OK, answer)
         else:

@@ -7,7 +7,9 @@ profile's ``input`` describes the first input (and may be stricter than the grap
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class LocalModel:
     outputs: list[TensorSpec]
     batcher: MicroBatcher
     manifest: Manifest | None
+    admission: AbstractContextManager[object] = field(default_factory=nullcontext)  # spec.max_concurrent_requests
 
     @classmethod
     def load(cls, task: str, spec: ModelSpec, profile: Profile, store: ModelStore, *, max_queue_depth: int) -> LocalModel:
@@ -101,7 +104,9 @@ class LocalModel:
                                max_queue_delay_ms=spec.batching.max_queue_delay_ms,
                                max_queue_depth=max_queue_depth, name=task)
         log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
-        return cls(task, name, version, temperature, kind, spec, inputs, outputs, batcher, manifest)
+        limit = spec.max_concurrent_requests
+        admission = threading.BoundedSemaphore(limit) if limit is not None else nullcontext()
+        return cls(task, name, version, temperature, kind, spec, inputs, outputs, batcher, manifest, admission)
 
     def check_inputs(self, given: dict[str, np.ndarray]) -> Rows:
         """The request's tensors as the model takes them, or the protocol's error naming the mismatch.

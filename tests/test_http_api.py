@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from agent.agent import Agent
 from agent.http_api import ApiServer
+from agent.profile import parse_profile
 from cloud.local.mosquitto import free_port
-from tests.agent_support import make_profile, sample_inputs, train_small_zoo
+from tests.agent_support import make_profile, profile_doc, sample_inputs, train_small_zoo
 from tests.http_support import http_call
 from tests.mqtt_helpers import eventually
 
@@ -244,3 +246,39 @@ def test_a_content_length_in_digits_that_are_not_ascii_is_answered_411(zoo: Path
         sock.sendall("POST /v2/models/mnist1d/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\n".encode("latin-1"))
         answer = sock.recv(65536).decode("latin-1")
     assert answer.startswith("HTTP/1.1 411"), answer
+
+
+def test_the_api_works_on_at_most_a_models_max_concurrent_requests_and_answers_every_caller(zoo: Path) -> None:
+    """models.<task>.max_concurrent_requests bounds the HTTP threads inside infer; the callers past it wait, none is lost."""
+    doc = profile_doc(zoo, None, api_port=free_port())
+    doc["models"]["mnist1d"]["max_concurrent_requests"] = 2
+    with Agent(parse_profile(yaml.safe_dump(doc), "limited.yaml", env={})) as agent:
+        lock, inside, peak = threading.Lock(), [0], [0]
+
+        class Counting:
+            """The agent, counting how many HTTP requests are inside its infer at once."""
+
+            limits = agent.limits
+            ready, model_metadata, feedback, metrics_text, admission = (
+                agent.ready, agent.model_metadata, agent.feedback, agent.metrics_text, agent.admission)
+
+            def infer(self, request: Any) -> Any:
+                with lock:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                threading.Event().wait(0.2)  # holds its slot while the other callers arrive
+                with lock:
+                    inside[0] -= 1
+                return agent.infer(request)
+
+        server = ApiServer(Counting(), "127.0.0.1", 0)
+        server.start()
+        try:
+            x, _ = sample_inputs(6)
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda i: http_call(server.port, "POST", "/v2/models/mnist1d/infer",
+                                                            json.dumps(_good(x[i:i + 1])).encode()), range(6)))
+        finally:
+            server.stop()
+    assert [status for status, _ in answers] == [200] * 6, answers
+    assert peak[0] == 2, peak
