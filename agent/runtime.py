@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class LocalModel:
     outputs: list[TensorSpec]
     batcher: MicroBatcher
     manifest: Manifest | None
-    admission: AbstractContextManager[object] = field(default_factory=nullcontext)  # spec.max_concurrent_requests
+    admission: AbstractContextManager[object]  # held by an HTTP request while it is worked on (the profile's limit)
 
     @classmethod
     def load(cls, task: str, spec: ModelSpec, profile: Profile, store: ModelStore, *, max_queue_depth: int) -> LocalModel:

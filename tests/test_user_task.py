@@ -239,3 +239,14 @@ def test_a_factory_that_cannot_make_the_model_is_named_and_trains_nothing(tmp_pa
     ran = fedge_cloud(tmp_path, "train", "--task", TASK, "--model", "cloud", "--no-progress", code=tmp_path / "code")
     assert ran.returncode == 2 and says in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
     assert not (tmp_path / "state" / "models" / TASK).exists()
+
+
+@pytest.mark.parametrize(("task", "says"), [("nowhere", "unknown task 'nowhere'"),
+                                            (TASK, f"{TASK}.yaml:7:1: epoch: unknown key")])
+def test_fl_names_a_task_that_is_not_there_or_does_not_validate_before_it_starts_anything(
+        tmp_path: Path, task: str, says: str) -> None:
+    task_file(tmp_path, {"data": {"npz": "x.npz"}, "input": {"shape": [LENGTH]}, "classes": CLASSES, "epoch": 3})
+    ran = fedge_cloud(tmp_path, "fl", "simulate", "--task", task, "--devices", "2", "--rounds", "1",
+                      "--work-dir", str(tmp_path / "work"))
+    assert ran.returncode == 2 and says in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+    assert not (tmp_path / "work").exists()

@@ -90,4 +90,7 @@ def teacher_of(store: ModelStore, task: str) -> tuple[StoredModel, nn.Module, bo
     if stored.manifest.kind == "other":
         raise NoModelToCompress(f"{task}/{name} v{stored.manifest.version} has no class scores to teach a"
                                 " classifier with (imported with --outputs other)")
+    if len(stored.manifest.inputs) > 1:
+        raise NoModelToCompress(f"{task}/{name} v{stored.manifest.version} takes {len(stored.manifest.inputs)} inputs;"
+                                " fedge serves such models but trains students of single-input models only")
     return stored, OnnxTeacher(stored).eval(), False

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from agent.config.problems import ConfigError
 from agent.exit_codes import ExitCode
+from agent.federated.architectures import FactoryError
 from agent.manifest import ManifestError
 from cloud.compress.recipe import load_recipe
 from cloud.options import add_store_option, store_of
@@ -76,7 +77,7 @@ def run_compress(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe)
         print(f"compress {args.task}: budget {args.max_accuracy_drop} points")
         result = search(store_of(args), args.task, recipe, out / "variants", max_drop_points=args.max_accuracy_drop)
-    except (ConfigError, UnknownTask, NoModelToCompress, ManifestError) as exc:
+    except (ConfigError, UnknownTask, NoModelToCompress, ManifestError, FactoryError) as exc:
         print(f"fedge-cloud compress: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     write_report(result, out)

@@ -31,7 +31,7 @@ from cloud.options import (
     store_of,
 )
 from cloud.registry import RegistryUnavailable, RoundRecord, default_registry
-from cloud.zoo.tasks import TASKS
+from cloud.zoo.tasks import TASKS, get_task
 from cloud.zoo.user_tasks import pin_tasks_dir
 
 DEFAULT_STATE = Path("var/federated")
@@ -96,6 +96,11 @@ def _add_round_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **more: object) -> FederatedSettings:
+    """The run's settings from its options; ValueError naming the problem (a task that is not there, too)."""
+    try:
+        get_task(args.task)
+    except ConfigError as exc:  # a user's task file that does not validate
+        raise ValueError(str(exc)) from None
     pin_tasks_dir()  # a user's task file is found from Flower's processes too, wherever they run
     return FederatedSettings(
         task=args.task, model=args.model, rounds=args.rounds, rounds_per_release=args.rounds_per_release,
