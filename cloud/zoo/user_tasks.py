@@ -2,8 +2,9 @@
 
 A task file is ``<tasks dir>/<name>.yaml`` (``./tasks`` unless ``FEDGE_TASKS`` names another folder),
 so every ``--task`` option finds the user's tasks as it finds the zoo's. The cloud model is whatever
-the store serves as ``<name>-cloud`` (``fedge-cloud models import --task <name> --onnx FILE``); the
-edge model is a conv student of the zoo's families, scaled to the input unless the file gives one,
+the store serves as ``<name>-cloud`` (``fedge-cloud models import --task <name> --onnx FILE``, or
+trained from the user's torch code: ``cloud.factory``); the edge model is a conv student of the zoo's
+families, scaled to the input unless the file gives one or names the user's own (``edge.factory``),
 trained by ``fedge-cloud train --task <name> --model edge`` on the task's data with the cloud model
 as its teacher, then compressed, released and fine-tuned by the fleet like the zoo's. docs/TASKS.md
 shows a file.
@@ -51,10 +52,13 @@ class DataSection(StrictModel):
         return self
 
 
+Size = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
 class InputSection(StrictModel):
     """One sample's shape, without the batch axis: requests and the data must have it."""
 
-    shape: list[int] = Field(min_length=1, max_length=3, description="e.g. [40] for a signal, [3, 64, 64] for an"
+    shape: list[Size] = Field(min_length=1, max_length=3, description="e.g. [40] for a signal, [3, 64, 64] for an"
                              " image")
 
 
@@ -75,10 +79,10 @@ class EdgeSection(StrictModel):
                                     " function(input_shape, classes)); devices that fine-tune it must import it too."
                                     " Compress prunes it unstructured only.")
     kind: Literal["conv1d", "conv2d"] | None = None
-    channels: list[int] = Field(default_factory=list, max_length=8)
-    kernels: list[int] = Field(default_factory=list, max_length=8)
-    strides: list[int] = Field(default_factory=list, max_length=8)
-    hidden: list[int] = Field(default_factory=list, max_length=4)
+    channels: list[Size] = Field(default_factory=list, max_length=8)
+    kernels: list[Size] = Field(default_factory=list, max_length=8)
+    strides: list[Size] = Field(default_factory=list, max_length=8)
+    hidden: list[Size] = Field(default_factory=list, max_length=4)
 
     @model_validator(mode="after")
     def one_per_block(self) -> EdgeSection:
@@ -98,13 +102,15 @@ class EdgeSection(StrictModel):
 
 
 class Epochs(StrictModel):
+    """Training lengths: the task's data is the user's, so are the epochs it needs."""
+
     cloud: int = Field(30, ge=1, le=1000, description="Epochs of training a cloud model from a factory.")
     edge: int = Field(30, ge=1, le=1000, description="Epochs of distillation into the edge student.")
     finetune: int = Field(30, ge=0, le=1000, description="Epochs of fine-tuning each pruned variant in compress.")
 
 
 class TaskFile(FileConfig):
-    """A user task: its data, its input, and optionally its edge student and epochs."""
+    """A user task: data, input, classes; optionally the cloud model's code, the edge student and epochs."""
 
     description: str = Field("", max_length=200)
     data: DataSection
