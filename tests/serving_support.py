@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from agent.agent import Agent
 from agent.confidence import softmax
 from agent.federated.architectures import ArchConfig, build
 from agent.model_store import ModelStore
 from agent.session import open_session
 from cloud.export import export_onnx
 from cloud.local.mosquitto import Mosquitto
+from cloud.serving.coordinator import Coordinator
 from cloud.serving.worker import Worker, WorkerSettings
 from cloud.store import load_checkpoint, publish
 from tests.agent_support import sample_inputs, train_small_zoo
@@ -101,3 +104,22 @@ def running_worker(settings: WorkerSettings, broker: Mosquitto, kind: type[Worke
     finally:
         w.stop()
         thread.join(10)
+
+
+@contextmanager
+def cloud_heard_by(agent: Agent, store: Path, broker: Mosquitto) -> Iterator[Coordinator]:
+    """A real coordinator with one worker process serving ``store``, once ``agent`` has its status (so it offloads)."""
+    coordinator = Coordinator(WorkerSettings(store=store, broker=broker.settings, worker_id="cloud"), workers=1,
+                              status_interval_s=0.2)
+    runner = threading.Thread(target=coordinator.run, daemon=True)
+    runner.start()
+    try:
+        assert agent.uplink is not None
+        deadline = time.monotonic() + 60
+        while not (agent.uplink.cloud_status and agent.uplink.cloud_status.doc.get("workers_alive") == 1):
+            assert time.monotonic() < deadline, "the agent did not hear the cloud's status"
+            time.sleep(0.05)
+        yield coordinator
+    finally:
+        coordinator.stop()
+        runner.join(30)

@@ -4,8 +4,6 @@ have them: every declared input by name, every output answered, at the edge and 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,10 @@ from agent.session import open_session
 from bench.mobilenet import MobileNetV2, calibrated
 from cloud.export import export_module
 from cloud.local.mosquitto import Mosquitto, free_port
-from cloud.serving.coordinator import Coordinator
-from cloud.serving.worker import WorkerSettings
 from tests.agent_support import profile_doc
 from tests.http_support import http_call
 from tests.import_support import asking_a_worker, import_model
+from tests.serving_support import cloud_heard_by
 
 TASK = "gestures"  # import_model's task
 WEIGHTS = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32) * 0.05  # small: unsure answers
@@ -113,21 +110,9 @@ def test_an_unsure_two_input_answer_is_offloaded_with_both_inputs_and_the_cloud_
     features, mask = inputs()
     logits, active = open_session(model).run(None, {"features": features, "mask": mask})
     assert softmax(logits).max() < 0.9  # every row is unsure at the profile's threshold
-    coordinator = Coordinator(WorkerSettings(store=tmp_path / "state" / "models", broker=broker.settings,
-                                             worker_id="cloud"), workers=1, status_interval_s=0.2)
-    runner = threading.Thread(target=coordinator.run, daemon=True)
-    runner.start()
-    try:
-        with Agent(profile(tmp_path, broker, free_port(), "features", [-1, 6], offload=True)) as agent:
-            assert agent.uplink is not None
-            deadline = time.monotonic() + 60
-            while not (agent.uplink.cloud_status and agent.uplink.cloud_status.doc.get("workers_alive") == 1):
-                assert time.monotonic() < deadline, "the agent did not hear the cloud's status"
-                time.sleep(0.05)
-            reply = agent.infer(InferRequest(TASK, {"features": features, "mask": mask}, timeout_ms=5000))
-    finally:
-        coordinator.stop()
-        runner.join(30)
+    with Agent(profile(tmp_path, broker, free_port(), "features", [-1, 6], offload=True)) as agent, \
+            cloud_heard_by(agent, tmp_path / "state" / "models", broker):
+        reply = agent.infer(InferRequest(TASK, {"features": features, "mask": mask}, timeout_ms=5000))
     assert reply.source is Source.CLOUD and reply.model_name == f"{TASK}-cloud", reply
     np.testing.assert_allclose(reply.outputs["probabilities"], softmax(logits), rtol=1e-5)
     np.testing.assert_array_equal(reply.outputs["active"], active)  # the cloud's second output, passed on

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,8 @@ from agent.protocol import InferRequest, Source
 from agent.session import open_session
 from cloud.export import export_module
 from cloud.local.mosquitto import Mosquitto, free_port
-from cloud.serving.coordinator import Coordinator
-from cloud.serving.worker import WorkerSettings
 from tests.agent_support import profile_doc
+from tests.serving_support import cloud_heard_by
 
 BIN = Path(sys.executable).parent
 TASK = "vibration"
@@ -107,22 +104,10 @@ def test_a_user_task_goes_from_its_npz_to_an_edge_model_that_offloads_to_the_use
     doc = profile_doc(tmp_path, broker, api_port=free_port())
     doc["models"] = {TASK: {"name": f"{TASK}-edge", "input": {"name": "input", "shape": [-1, LENGTH]}}}
     doc["offload"] = {TASK: {"mode": "threshold", "metric": "max_prob", "threshold": 0.8}}
-    coordinator = Coordinator(WorkerSettings(store=store.root, broker=broker.settings, worker_id="cloud"), workers=1,
-                              status_interval_s=0.2)
-    runner = threading.Thread(target=coordinator.run, daemon=True)
-    runner.start()
-    try:
-        with Agent(parse_profile(yaml.safe_dump(doc), str(tmp_path / "profile.yaml"), env={})) as agent:
-            assert agent.uplink is not None
-            deadline = time.monotonic() + 60
-            while not (agent.uplink.cloud_status and agent.uplink.cloud_status.doc.get("workers_alive") == 1):
-                assert time.monotonic() < deadline, "the agent did not hear the cloud's status"
-                time.sleep(0.05)
-            replies = [agent.infer(InferRequest(TASK, {"input": x_test[i:i + 1]}, timeout_ms=5000))
-                       for i in range(len(x_test))]
-    finally:
-        coordinator.stop()
-        runner.join(30)
+    with Agent(parse_profile(yaml.safe_dump(doc), str(tmp_path / "profile.yaml"), env={})) as agent, \
+            cloud_heard_by(agent, store.root, broker):
+        replies = [agent.infer(InferRequest(TASK, {"input": x_test[i:i + 1]}, timeout_ms=5000))
+                   for i in range(len(x_test))]
     sources = [r.source for r in replies]
     assert Source.CLOUD in sources and Source.EDGE in sources and not any(r.degraded for r in replies), sources
     assert {r.model_name for r in replies if r.source is Source.CLOUD} == {f"{TASK}-cloud"}
