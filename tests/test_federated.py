@@ -106,6 +106,23 @@ def test_simulation_drops_nan_replies_counts_declines_and_records_every_round(zo
     assert "usable samples" in declined[-1].details["declined"][0]
 
 
+def test_dp_noise_trains_the_weights_and_leaves_the_batchnorm_statistics_as_the_devices_do(zoo: Path,
+                                                                                          tmp_path: Path) -> None:
+    """Flower's DP wrapper noises every array it aggregates; the statistics devices never change must not drift."""
+    from cloud.store import load_checkpoint
+
+    settings = settings_for(zoo, tmp_path, run="dp", rounds=1, dp_noise=0.5, dp_clip=1.0)
+    simulate(settings, FleetPlan(devices=3, samples_per_device=400), tmp_path / "sim", attack=Attack(),
+             engine="simulation", report=lambda _r: None, node=NODE)
+    checkpoint = load_checkpoint(ModelStore(zoo).get("mnist1d", "mnist1d-edge"))
+    with np.load(tmp_path / "state" / "aggregate.npz") as kept:
+        aggregate = {name: kept[name] for name in kept.files if name != "meta"}
+    start = {name: value.numpy() for name, value in checkpoint["state_dict"].items() if name in aggregate}
+    statistics = [name for name in aggregate if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(np.array_equal(aggregate[n], start[n]) for n in statistics)
+    assert all(not np.array_equal(aggregate[n], start[n]) for n in aggregate if n not in statistics)
+
+
 def test_a_poisoned_device_hurts_fedavg_and_not_the_median(zoo: Path, tmp_path: Path) -> None:
     """A device sending its update x100: FedAvg's aggregate collapses, the median's stays near the clean run.
 
