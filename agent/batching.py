@@ -20,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
-
-from agent.feeds import Rows
+from agent.feeds import Rows, sliced, stacked
 from agent.latch import Latch
 
 
@@ -259,9 +257,7 @@ class MicroBatcher:
         for item in live:
             item.future.run_started = started
         try:
-            stacked = live[0].x if len(live) == 1 else tuple(np.concatenate(inputs)
-                                                             for inputs in zip(*(item.x for item in live), strict=True))
-            outputs = self._run_batch(stacked)
+            outputs = self._run_batch(stacked([item.x for item in live]))
         except Exception as exc:  # noqa: BLE001  # a failing run fails its own requests, not the batcher thread
             outputs = None
             for item in live:
@@ -270,9 +266,8 @@ class MicroBatcher:
         if outputs is not None:
             offset = 0
             for item in live:
-                end = offset + item.rows
-                item.future.set_result(tuple(out[offset:end] for out in outputs))
-                offset = end
+                item.future.set_result(sliced(outputs, offset, offset + item.rows))
+                offset += item.rows
 
     def _finished(self, rows: int, started: float) -> None:
         """Free the model after a run of ``rows`` rows that began at ``started`` (perf_counter)."""

@@ -22,7 +22,7 @@ import numpy as np
 from agent.audit import Auditor
 from agent.batching import BatcherClosed, QueueFull
 from agent.confidence import confidence, fuse, top_labels
-from agent.feeds import SCORES, Rows, answered, named
+from agent.feeds import SCORES, Rows, named
 from agent.metrics import AgentMetrics
 from agent.policy import (
     CapacityLimits,
@@ -201,9 +201,8 @@ class Cascade:
         self.metrics.local_ms.add(timings.get("local", 0.0))
         if degraded is not None:
             self.metrics.degraded.labels(model.task, degraded.value).inc()
-        answer = answered(model.output_kind, outputs, model.outputs)
         labels = top_labels(outputs[0], model.labels) if model.output_kind != "other" else ()
-        return InferReply(answer, model.name, model.version, request.request_id, Source.EDGE,
+        return InferReply(named(outputs, model.answers), model.name, model.version, request.request_id, Source.EDGE,
                           degraded is not None, timings, labels)
 
     def _pressure(self, route: Route) -> Pressure:

@@ -92,11 +92,23 @@ def named(rows: Rows, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     return {spec.name: x for spec, x in zip(specs, rows, strict=True)}
 
 
-def answered(kind: OutputKind, rows: Rows, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """A run's outputs as an answer names them: class scores as ``probabilities``, the rest by their names.
+def answer_specs(kind: OutputKind, outputs: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """A model's outputs as its answers name them.
 
-    A model without class scores (``other``) answers every output under its own name.
+    Class scores as ``probabilities`` (float32, calibrated), the rest by their own names; a model without class
+    scores (``other``) answers every output as its graph names it. Made once per loaded model: answers are
+    ``named(rows, specs)``, and the OIP metadata lists the same.
     """
     if kind == "other":
-        return named(rows, specs)
-    return {SCORES: rows[0], **named(rows[1:], specs[1:])}
+        return list(outputs)
+    return [TensorSpec(name=SCORES, dtype="float32", shape=[None, None]), *outputs[1:]]
+
+
+def stacked(parts: Sequence[Rows]) -> Rows:
+    """Several requests' rows as one batch, input by input (one request's as they are)."""
+    return parts[0] if len(parts) == 1 else tuple(np.concatenate(inputs) for inputs in zip(*parts, strict=True))
+
+
+def sliced(rows: Rows, start: int, end: int) -> Rows:
+    """One request's rows ``start:end`` of a batch's outputs, output by output."""
+    return tuple(out[start:end] for out in rows)

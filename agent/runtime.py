@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.batching import MicroBatcher
 from agent.confidence import output_scores
-from agent.feeds import SCORES, Rows, fit_inputs, graph_specs
+from agent.feeds import Rows, answer_specs, fit_inputs, graph_specs
 from agent.manifest import Manifest, OutputKind, TensorSpec
 from agent.model_store import ModelStore
 from agent.profile.model_spec import ModelSpec
@@ -63,6 +63,7 @@ class LocalModel:
     spec: ModelSpec
     inputs: list[TensorSpec]  # what requests must send, in the graph's order (the first as the profile says)
     outputs: list[TensorSpec]
+    answers: list[TensorSpec]  # the outputs as answers name them (feeds.answer_specs)
     batcher: MicroBatcher
     manifest: Manifest | None
     admission: AbstractContextManager[object]  # held by an HTTP request while it is worked on (the profile's limit)
@@ -106,7 +107,8 @@ class LocalModel:
         log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
         limit = spec.max_concurrent_requests
         admission = threading.BoundedSemaphore(limit) if limit is not None else nullcontext()
-        return cls(task, name, version, temperature, kind, spec, inputs, outputs, batcher, manifest, admission)
+        return cls(task, name, version, temperature, kind, spec, inputs, outputs, answer_specs(kind, outputs), batcher,
+                   manifest, admission)
 
     def check_inputs(self, given: dict[str, np.ndarray]) -> Rows:
         """The request's tensors as the model takes them, or the protocol's error naming the mismatch.
@@ -123,10 +125,8 @@ class LocalModel:
             return [{"name": s.name, "datatype": dtypes.by_name(s.dtype).oip,  # what infer takes, e.g. FP32
                      "shape": [-1 if d is None else d for d in s.shape]} for s in specs]
 
-        outputs = self.outputs if self.output_kind == "other" else [
-            TensorSpec(name=SCORES, dtype="float32", shape=[None, None]), *self.outputs[1:]]
         return {"name": self.task, "versions": [self.version], "platform": "onnxruntime",
-                "inputs": described(self.inputs), "outputs": described(outputs)}
+                "inputs": described(self.inputs), "outputs": described(self.answers)}
 
     @property
     def labels(self) -> list[str] | None:

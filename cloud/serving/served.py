@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.confidence import output_scores
-from agent.feeds import Rows, named
+from agent.feeds import Rows, answer_specs, named
 from agent.manifest import ManifestError, OutputKind, TensorSpec
 from agent.model_store import ModelStore, StoredModel
 from agent.session import open_session
@@ -104,7 +104,7 @@ class ServedModel:
     version: str
     session: Any
     inputs: list[TensorSpec]  # the model's inputs as its manifest declares them (shape None: any size, e.g. the batch)
-    outputs: list[TensorSpec]
+    answers: list[TensorSpec]  # the outputs as answers name them (agent.feeds.answer_specs)
     kind: OutputKind  # what the first output holds: with class scores, answers carry them calibrated
     scores: Callable[[np.ndarray], np.ndarray]  # the first output as answers carry it (agent.confidence)
     accuracy: float | None
@@ -140,8 +140,8 @@ def load_model(stored: StoredModel, threads: int, max_batch: int, live: Mapping[
     """
     m = stored.manifest
     model = ServedModel(m.task, m.name, str(m.version), open_session(stored.model_path, intra_op_threads=threads),
-                        m.inputs, m.outputs, m.kind, output_scores(m.kind, m.temperature), accuracy_of(m.metrics, live),
-                        labels=m.labels)
+                        m.inputs, answer_specs(m.kind, m.outputs), m.kind, output_scores(m.kind, m.temperature),
+                        accuracy_of(m.metrics, live), labels=m.labels)
 
     def zeros(batch: int) -> Rows:
         return tuple(np.zeros([batch, *(d or 1 for d in spec.shape[1:])], dtype=spec.dtype) for spec in m.inputs)

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.confidence import fuse, top_labels
-from agent.feeds import Rows, answered, fit_inputs, named
+from agent.feeds import Rows, fit_inputs, named, sliced, stacked
 from agent.model_store import ModelStore
 from agent.mqtt_client import BrokerSettings, Unacknowledged, connect, new_client
 from agent.protocol import (
@@ -267,8 +267,8 @@ class Worker:
         model = self._by_name[(batch[0].request.task, batch[0].model)]
         started = time.monotonic()
         try:
-            x = tuple(np.concatenate([job.request.inputs[spec.name] for job in batch]) for spec in model.inputs)
-            outputs = model.run(x)
+            outputs = model.run(stacked([tuple(job.request.inputs[spec.name] for spec in model.inputs)
+                                         for job in batch]))
         except Exception as exc:  # noqa: BLE001  # a bad batch fails its own requests, never the worker
             for job in batch:
                 self._fail(job, f"model run failed: {exc}")
@@ -278,7 +278,7 @@ class Worker:
         for job in batch:
             end = offset + len(job.request.tensor)
             try:
-                self._reply(job, model, tuple(out[offset:end] for out in outputs), started, finished)
+                self._reply(job, model, sliced(outputs, offset, end), started, finished)
             except Exception as exc:  # one job's failure must not drop the rest of the batch
                 log.exception("failed to answer request %s", job.request.request_id)
                 self._fail(job, f"answering failed: {exc}")
@@ -305,7 +305,7 @@ class Worker:
         timings = {"queue": (started - job.arrived) * 1000, "cloud": (finished - started) * 1000}
         self.stats.answered(request.task, (finished - job.arrived) * 1000)
         labels = top_labels(probs, model.labels) if model.kind != "other" else ()
-        reply = InferReply(answered(model.kind, (probs, *rest), model.outputs), model.name, model.version,
+        reply = InferReply(named((probs, *rest), model.answers), model.name, model.version,
                            request.request_id, source, False, timings, labels)
         self._answer(reply, request.kind, job.reply_to)
 
@@ -348,7 +348,7 @@ def check_fusion(request: InferRequest, model: ServedModel) -> None:
         return
     if model.kind == "other":
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"fusion mixes class scores, and {model.name} has none (its first"
-                            f" output {model.outputs[0].name!r} is not class scores)")
+                            f" output {model.answers[0].name!r} is not class scores)")
     edge = request.inputs.get(EDGE_PROBS)
     if edge is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"fusion asks for an {EDGE_PROBS!r} input with the edge model's "
