@@ -57,11 +57,7 @@ def fit_inputs(given: Mapping[str, np.ndarray], declared: Sequence[TensorSpec], 
     if len(declared) == 1 and len(sent) == 1:
         pairs = [(declared[0], next(iter(sent.values())))]
     else:
-        names = [spec.name for spec in declared]
-        if sorted(sent) != sorted(names):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} takes the input{'s' if len(names) > 1 else ''}"
-                                f" {', '.join(map(repr, names))}; the request sends"
-                                f" {', '.join(map(repr, sent)) or 'none'}")
+        check_input_names(what, [spec.name for spec in declared], list(sent))
         pairs = [(spec, sent[spec.name]) for spec in declared]
     several = len(pairs) > 1
     rows = []
@@ -73,6 +69,14 @@ def fit_inputs(given: Mapping[str, np.ndarray], declared: Sequence[TensorSpec], 
         raise ProtocolError(ErrorCode.SHAPE_MISMATCH, f"{what}: the inputs carry different numbers of rows"
                             f" ({', '.join(f'{spec.name} {len(x)}' for (spec, _), x in zip(pairs, rows, strict=True))})")
     return tuple(rows)
+
+
+def check_input_names(what: str, declared: list[str], sent: list[str]) -> None:
+    """A request sends exactly the inputs the model declares, by name; BAD_REQUEST listing both otherwise."""
+    if sorted(sent) != sorted(declared):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} takes the input{'s' if len(declared) > 1 else ''}"
+                            f" {', '.join(map(repr, declared))}; the request sends"
+                            f" {', '.join(map(repr, sent)) or 'none'}")
 
 
 def _fit_one(x: np.ndarray, spec: TensorSpec, where: str, cast: bool) -> np.ndarray:

@@ -17,6 +17,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from agent.decimal_text import decimal
+from agent.feeds import check_input_names
 from agent.http_server import BackgroundHttpServer, ResponseHandler
 from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary, oip
 from agent.protocol.binary import binary_outputs, encode_reply, split_body
@@ -75,16 +76,6 @@ def server_metadata() -> dict[str, Any]:
     except metadata.PackageNotFoundError:  # run from a source tree
         version = "unknown"
     return {"name": "fedge-agent", "version": version, "extensions": ["binary_tensor_data"]}
-
-
-def check_input_names(model: str, declared: list[str], sent: list[str]) -> None:
-    """OIP addresses inputs by name: a request must send exactly the inputs the model declares.
-
-    Strict, as Triton is, even for one input: a misnamed tensor is usually a request built for another model.
-    """
-    if sorted(sent) != sorted(declared):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"model {model!r} takes the input{'s' if len(declared) > 1 else ''}"
-                            f" {', '.join(map(repr, declared))}; the request sends {', '.join(map(repr, sent))}")
 
 
 class InferenceService(Protocol):
@@ -265,7 +256,9 @@ class _Handler(ResponseHandler):
             try:
                 doc, binary_part = split_body(body, self.headers.get(binary.HEADER), service.limits)
                 request = decode_document(name, doc, service.limits, binary_part)
-                check_input_names(name, [i["name"] for i in meta["inputs"]], list(request.inputs))
+                # OIP addresses inputs by name: strict, as Triton is, even for one input (a misnamed tensor is
+                # usually a request built for another model)
+                check_input_names(f"model {name!r}", [i["name"] for i in meta["inputs"]], list(request.inputs))
                 wanted = binary_outputs(doc, [o["name"] for o in meta["outputs"]])
                 reply = service.infer(request)
             except ProtocolError as exc:
