@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
@@ -59,3 +60,9 @@ def open_session(
         providers=[name for name, _ in chosen],
         provider_options=[opts for _, opts in chosen],
     )
+
+
+def first_output(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """What the ONNX model at ``model_path`` answers to ``x`` on its first input: its first output (a fresh session)."""
+    session = open_session(model_path)
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper, shape_inference
 
-from agent.session import open_session
+from agent.session import first_output, open_session
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ def latency_ms(path: Path, x: np.ndarray, *, repeats: int = 200, threads: int = 
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    session = open_session(path)
-    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
-    return float((logits.argmax(axis=1) == y).mean())
+    return float((first_output(path, x).argmax(axis=1) == y).mean())
 
 
 def measure(path: Path, test: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray], *,

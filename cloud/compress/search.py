@@ -23,7 +23,7 @@ from torch import nn
 
 from agent.federated.architectures import ArchConfig
 from agent.model_store import ModelStore, StoredModel
-from agent.session import open_session
+from agent.session import first_output
 from cloud.compress import quantize
 from cloud.compress.base_models import require_unseen_validation, teacher_of, trained_model
 from cloud.compress.calibration import Calibration, fit_temperature
@@ -179,9 +179,7 @@ def search(store: ModelStore, task_name: str, recipe: Recipe, workdir: Path, *, 
     within, pareto, chosen = choose(reference.measurement, variants, max_drop_points)
     calibration = None
     if chosen is not None:
-        session = open_session(chosen.path)
-        val_logits = session.run(None, {session.get_inputs()[0].name: x_val})[0]
-        calibration = fit_temperature(val_logits, y_val)
+        calibration = fit_temperature(first_output(chosen.path, x_val), y_val)
     return SearchResult(task_name, base_stored, reference, cloud_measurement, variants, within, pareto, chosen,
                         max_drop_points, calibration, data)
 

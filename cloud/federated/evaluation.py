@@ -22,7 +22,7 @@ from agent.confidence import softmax
 from agent.federated.architectures import ArchConfig, build
 from agent.federated.training import load_float_state
 from agent.model_store import ModelStore
-from agent.session import open_session
+from agent.session import first_output
 from cloud.zoo.tasks import DataOptions, get_task
 
 ISO_ACCURACY = 0.99
@@ -54,8 +54,7 @@ def held_out(store: ModelStore, task: str, data: DataOptions) -> HeldOut:
     """The task's validation and test rows, and the store's newest cloud model's probabilities on the test rows."""
     full = get_task(task).load(data)
     _, (x_val, y_val) = full.validation_split()
-    session = open_session(store.get(task, f"{task}-cloud").model_path)
-    logits = session.run(None, {session.get_inputs()[0].name: full.x_test})[0]
+    logits = first_output(store.get(task, f"{task}-cloud").model_path, full.x_test)
     return HeldOut(x_val, y_val, full.x_test, full.y_test, softmax(logits))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from agent.confidence import softmax
 from agent.model_store import ModelStore
 from agent.samples import SampleStore
-from agent.session import open_session
+from agent.session import first_output
 from cloud.zoo.tasks import DataOptions, get_task
 
 
@@ -87,8 +87,7 @@ def dirichlet_partition(labels: np.ndarray, devices: int, alpha: float, per_devi
 
 
 def _probabilities(path: Path, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    session = open_session(path)
-    return softmax(session.run(None, {session.get_inputs()[0].name: x})[0], temperature)
+    return softmax(first_output(path, x), temperature)
 
 
 def build_fleet(store: ModelStore, task: str, edge_name: str, plan: FleetPlan, folder: Path,

@@ -26,7 +26,7 @@ from agent.federated.architectures import ArchConfig
 from agent.model_store import ModelStore, StoredModel
 from agent.mqtt_client import BrokerSettings
 from agent.protocol import Topics
-from agent.session import open_session
+from agent.session import first_output
 from cloud.compress.calibration import fit_temperature
 from cloud.compress.measure import Measurement, measure
 from cloud.compress.recipe import Recipe
@@ -75,8 +75,8 @@ def release_aggregate(model: torch.nn.Module, arch: ArchConfig, current: StoredM
         if chosen is None:
             return ReleaseOutcome(None, f"not published: no variant within {settings.max_accuracy_drop:g} points of"
                                         f" the fp32 aggregate on the validation rows")
-        session_logits = onnx_logits(chosen.path, data.x_val)
-        old_right = onnx_logits(current.model_path, data.x_val).argmax(axis=1) == data.y_val
+        session_logits = first_output(chosen.path, data.x_val)
+        old_right = first_output(current.model_path, data.x_val).argmax(axis=1) == data.y_val
         better, gained, lost = beats(session_logits.argmax(axis=1) == data.y_val, old_right)
         if not better:
             return ReleaseOutcome(None, f"not published: {chosen.name} {chosen.measurement.validation_accuracy:.2%}"
@@ -112,7 +112,7 @@ def publish_variant(store: ModelStore, task: str, name: str, chosen: Quantized, 
         store, task, name, chosen.path,
         metrics={"test_accuracy": m.accuracy, "validation_accuracy": m.validation_accuracy,
                  "latency_b1_ms": m.latency_b1_ms, "latency_b32_ms": m.latency_b32_ms},
-        recipe=recipe, temperature=fit_temperature(onnx_logits(chosen.path, data.x_val), data.y_val).temperature,
+        recipe=recipe, temperature=fit_temperature(first_output(chosen.path, data.x_val), data.y_val).temperature,
         parent=None if parent is None else parent.manifest,
         checkpoint={"arch": arch.as_dict(), "state_dict": model.state_dict()})
 
@@ -126,10 +126,6 @@ class Quantized:
     measurement: Measurement
 
 
-def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    """What the ONNX model at ``path`` answers to ``x`` (its first input)."""
-    session = open_session(path)
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def _roll_out(stored: StoredModel, settings: FederatedSettings, store: ModelStore, registry: Registry) -> str:
