@@ -126,8 +126,6 @@ class Quantized:
     measurement: Measurement
 
 
-
-
 def _roll_out(stored: StoredModel, settings: FederatedSettings, store: ModelStore, registry: Registry) -> str:
     """Canary, shadow gate, then the group (or back): the outcome in a few words."""
     password = os.environ.get(settings.broker_password_env) if settings.broker_password_env else None
