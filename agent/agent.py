@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.admission import Admission
 from agent.audit import Auditor
 from agent.cascade import DEFAULT_QUEUE_DEPTH, Cascade, Route
 from agent.feedback import FeedbackTally
@@ -36,6 +36,7 @@ from agent.protocol import (
 )
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
+from agent.steps import Steps, finish
 from agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -188,7 +189,11 @@ class Agent:
         return self._ready
 
     def infer(self, request: InferRequest) -> InferReply:
-        """Answer one request (raises ProtocolError for requests that cannot be served)."""
+        """Answer one request on this thread (raises ProtocolError for requests that cannot be served)."""
+        return finish(self.answer_steps(request))
+
+    def answer_steps(self, request: InferRequest) -> Steps:
+        """``infer`` as steps (agent/steps.py), for a caller that drives many requests at once."""
         started = time.monotonic()
         task = self._tasks.get(request.task)
         if task is None:
@@ -196,7 +201,7 @@ class Agent:
                                                        f"this agent serves {', '.join(sorted(self._tasks))}")
         assert self.cascade is not None, "start() the agent first"
         try:
-            reply = self.cascade.answer(task, request, started)
+            reply = yield from self.cascade.steps(task, request, started)
         except ProtocolError as exc:
             self.metrics.errors.labels(request.task, exc.code.value).inc()
             raise
@@ -215,10 +220,10 @@ class Agent:
             return None
         return task.model.metadata
 
-    def admission(self, name: str) -> AbstractContextManager[object]:
-        """What an HTTP request for model ``name`` holds while it is worked on (an unknown model: nothing)."""
+    def admission(self, name: str) -> Admission[Any]:
+        """How many HTTP requests for model ``name`` are worked on at once (an unknown model's: no limit)."""
         task = self._tasks.get(name)
-        return task.model.admission if task is not None else nullcontext()
+        return task.model.admission if task is not None else Admission(None)
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool:
         """Label an answer: kept as a training label if its sample is stored, counted if it is recent.

@@ -154,7 +154,11 @@ class MicroBatcher:
             finally:
                 self._finished(len(x[0]), started)
             return Ran(outputs, 0.0, time.perf_counter() - started)
-        queued = time.perf_counter()
+        return self.wait(future, time.perf_counter(), timeout_s)
+
+    @staticmethod
+    def wait(future: Pending, queued: float, timeout_s: float | None = None) -> Ran:
+        """A submitted request's rows, queued at ``queued`` (perf_counter); TimeoutError drops it."""
         try:
             outputs = future.result(timeout=timeout_s)
         except TimeoutError:

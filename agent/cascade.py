@@ -15,12 +15,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from agent.audit import Auditor
-from agent.batching import BatcherClosed, QueueFull
+from agent.batching import BatcherClosed, QueueFull, Ran
 from agent.confidence import confidence, fuse, top_labels
 from agent.feeds import SCORES, Rows, named
 from agent.metrics import AgentMetrics
@@ -37,6 +38,7 @@ from agent.profile.offload import GeometricMeanFusion, Metric, OffloadPolicy, Po
 from agent.protocol import PRIORITY_MIN, ErrorCode, ErrorReply, InferReply, InferRequest, ProtocolError, Source
 from agent.runtime import LocalModel
 from agent.samples import SampleStore
+from agent.steps import CloudWait, LocalRun, Step, Steps
 from agent.uplink import ConnectionLost, OffloadUnavailable, Uplink
 
 log = logging.getLogger(__name__)
@@ -78,20 +80,20 @@ class Cascade:
         self.auditor = auditor
         self._stopping = stopping
 
-    def answer(self, route: Route, request: InferRequest, started: float) -> InferReply:
-        """The request's one answer (raises ProtocolError for requests that cannot be served)."""
+    def steps(self, route: Route, request: InferRequest, started: float) -> Steps:
+        """The request's one answer, as steps (agent/steps.py); raises ProtocolError for requests that cannot be served."""
         x = route.model.check_inputs(request.inputs)
         deadline = started + (request.timeout_ms if request.timeout_ms is not None else route.deadline_ms) / 1000
         if route.policy is None or route.limits is None:  # local only: no load picture needed
-            outputs, timings = self._run_local(route, request, x, deadline)
+            outputs, timings = yield from self._run_local(route, request, x, deadline)
             finite = all(np.isfinite(out).all() for out in outputs if out.dtype.kind == "f")
             return self._local_reply(route, request, outputs, timings, finite)
         pressure = self._pressure(route)
         if over_capacity(route.limits, pressure) and may_offload(route.limits, pressure, request.priority) is None:
-            reply = self._ask_cloud(route, request, x, None, deadline, Reason.CAPACITY, {})
+            reply = yield from self._ask_cloud(route, request, x, None, deadline, Reason.CAPACITY, {})
             if isinstance(reply, InferReply):
                 return reply
-        outputs, timings = self._run_local(route, request, x, deadline)
+        outputs, timings = yield from self._run_local(route, request, x, deadline)
         probs = outputs[0]
         conf = float(confidence(probs, route.metric).min())
         finite = math.isfinite(conf)  # NaN in the probabilities (a model overflowing) makes every metric NaN
@@ -105,21 +107,23 @@ class Cascade:
         if blocked is not None:
             self.metrics.offload_window.add(0.0)
             return self._local_reply(route, request, outputs, timings, finite, degraded=blocked)
-        reply = self._ask_cloud(route, request, x, probs if finite else None, deadline, Reason.UNCONFIDENT, timings)
+        reply = yield from self._ask_cloud(route, request, x, probs if finite else None, deadline, Reason.UNCONFIDENT,
+                                           timings)
         if isinstance(reply, InferReply):
             return reply
         return self._local_reply(route, request, outputs, timings, finite, degraded=reply)
 
     def _run_local(self, route: Route, request: InferRequest, x: Rows, deadline: float
-                   ) -> tuple[Rows, dict[str, float]]:
+                   ) -> Generator[Step, object, tuple[Rows, dict[str, float]]]:
         model = route.model
         try:
-            ran = model.batcher.call(x, request.priority, max(0.0, deadline - time.monotonic()))
+            ran = yield LocalRun(model.batcher, x, request.priority, deadline)
+            assert isinstance(ran, Ran)
         except QueueFull as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, f"{exc}; retry later or with a higher priority") from None
         except BatcherClosed as exc:
             if route.model is not model and not self._stopping.is_set():  # a new version took over: run it there
-                return self._run_local(route, request, x, deadline)
+                return (yield from self._run_local(route, request, x, deadline))
             raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
         except TimeoutError:
             raise ProtocolError(ErrorCode.EXPIRED, "the deadline passed before the local model could answer") from None
@@ -127,7 +131,8 @@ class Cascade:
         return ran.outputs, timings
 
     def _ask_cloud(self, route: Route, request: InferRequest, x: Rows, local_probs: np.ndarray | None,
-                   deadline: float, reason: Reason, timings: dict[str, float]) -> InferReply | Reason:
+                   deadline: float, reason: Reason, timings: dict[str, float]
+                   ) -> Generator[Step, object, InferReply | Reason]:
         """The cloud's (or fused) answer, or why it cannot be had in time (the caller answers locally).
 
         The cloud's class scores are checked against the local model's; its other outputs (a model with
@@ -149,7 +154,8 @@ class Cascade:
             log.debug("offload of %s not sent: %s", request.request_id, exc)
             return Reason.BROKER_DOWN if not self.uplink.connected else Reason.INFLIGHT_FULL
         try:
-            answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            answer = yield CloudWait(future, deadline)
+            assert isinstance(answer, (InferReply, ErrorReply))
         except TimeoutError:
             self.uplink.forget(correlation)
             log.info("cloud did not answer %s within its deadline; answering locally", request.request_id)

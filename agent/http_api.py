@@ -1,9 +1,10 @@
 """The agent's local HTTP API: KServe Open Inference Protocol v2, feedback and Prometheus metrics.
 
-Built on the standard library's threading HTTP server: it parses HTTP for us,
-costs no extra install on a device, and each request runs on its own thread
-while ONNX Runtime releases the GIL. Bodies reuse the wire protocol's OIP codec,
-so MQTT and HTTP callers see the same errors.
+Served by agent/http_server.py: requests come to a worker thread in groups,
+and a group's inference requests are driven together (agent/steps.py): their
+rows reach the model's batcher at once, and those waiting for the cloud hold no
+thread, each resumed by the cloud's answer or by its deadline. Bodies reuse the
+wire protocol's OIP codec, so MQTT and HTTP callers see the same errors.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from contextlib import AbstractContextManager
+import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import metadata
 from typing import Any, Protocol
 
-from agent.decimal_text import decimal
+from agent.admission import Admission
 from agent.feeds import check_input_names
-from agent.http_server import BackgroundHttpServer, ResponseHandler
-from agent.protocol import ErrorCode, InferReply, InferRequest, Limits, ProtocolError, binary, oip
+from agent.http_server import Exchange, HttpServer, Request, Response
+from agent.latch import Latch
+from agent.protocol import ErrorCode, ErrorReply, InferReply, InferRequest, Limits, ProtocolError, binary, oip
 from agent.protocol.binary import binary_outputs, encode_reply, split_body
 from agent.protocol.codec import decode_document
+from agent.steps import Entry, Outcome, Steps, run_group
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +40,6 @@ STATUS_OF = {
     ErrorCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
-
-#: A refused body is read and dropped up to this size (so the client sees the answer), in at most this time.
-DISCARD_LIMIT, DISCARD_TIMEOUT_S = 64 << 20, 10.0
 
 #: The one method each endpoint takes (`_endpoint` names them; each is served by ``_Handler._<endpoint>``).
 ALLOWED = {"server": "GET", "live": "GET", "ready": "GET", "metrics": "GET", "model": "GET", "model_ready": "GET",
@@ -87,219 +88,221 @@ class InferenceService(Protocol):
 
     def model_metadata(self, name: str) -> dict[str, Any] | None: ...
 
-    def infer(self, request: InferRequest) -> InferReply: ...
+    def answer_steps(self, request: InferRequest) -> Steps: ...
 
-    def admission(self, name: str) -> AbstractContextManager[object]: ...
+    def admission(self, name: str) -> Admission[Any]: ...
 
     def feedback(self, request_id: str, label: int, task: str | None = None) -> bool: ...
 
     def metrics_text(self) -> tuple[bytes, str]: ...
 
 
-class _Handler(ResponseHandler):
-    server: ApiServer
+def _json(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None, *, close: bool = False
+          ) -> Response:
+    return Response(status, oip.dumps(doc), headers=headers or {}, close=close)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s", format % args)
 
-    def _json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._send(status, oip.dumps(doc), headers=headers)
+def _error(status: int, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST, headers: dict[str, str] | None = None,
+           *, close: bool = False) -> Response:
+    return _json(status, {"error": message, "code": code.value}, headers, close=close)
 
-    def _error(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST,
-               headers: dict[str, str] | None = None) -> None:
-        self._json(status, {"error": message, "code": code.value}, headers)
 
-    def _declared_size(self) -> int | None:
-        """The body length the headers declare; None where they declare none (or nonsense)."""
-        length = self.headers.get("Content-Length")
-        return decimal(length) if length is not None else None
+def _unknown_model(name: str) -> Response:
+    return _error(HTTPStatus.NOT_FOUND, f"unknown model {name!r}", ErrorCode.UNKNOWN_TASK)
 
-    def _discard_body(self) -> None:
-        """Read and drop the body of a request refused before reading it, up to DISCARD_LIMIT bytes.
 
-        Closing a socket with unread bytes in it resets the connection, and a client still sending
-        (urllib, requests) then sees a broken pipe instead of the answer. Where the whole body was
-        read, the connection stays usable; otherwise it closes after the answer.
-        """
-        left = self._declared_size()
-        if left is None:  # no body, or one whose end is unknown (chunked, a nonsense length): not readable here
-            if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
-                self.close_connection = True
-            return
-        if left > DISCARD_LIMIT:
-            self.close_connection = True
-            return
-        self.connection.settimeout(DISCARD_TIMEOUT_S)
+@dataclass
+class _Call:
+    """One inference request over HTTP, from its admission to its answer."""
+
+    exchange: Exchange
+    name: str
+    meta: dict[str, Any]
+    admission: Admission[Any]
+    wanted: dict[str, bool] | None = None  # the outputs to answer with, once the body is read
+
+
+class _CloudAnswer:
+    """Resumes a request waiting for the cloud exactly once: by the answer, or by its deadline, whichever comes first."""
+
+    def __init__(self, entry: Entry[_Call], server: HttpServer) -> None:
+        self.entry = entry
+        self._server = server
+        self._lock = threading.Lock()
+        self._fired = False
+
+    def answered(self, latch: Latch[InferReply | ErrorReply]) -> None:
         try:
-            while left > 0:
-                chunk = self.rfile.read(min(left, 1 << 16))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:  # a client that stalls mid-body
-            pass
-        self.connection.settimeout(self.timeout)
-        if left:
-            self.close_connection = True
+            self.fire(latch.result(0), None)
+        except Exception as exc:  # noqa: BLE001  # what the wait failed with is thrown into the request's steps
+            self.fire(None, exc)
 
-    def _over_limit(self, size: int) -> bool:
-        return size > self.server.service.limits.max_payload_bytes
+    def late(self) -> None:
+        self.fire(None, TimeoutError("the cloud did not answer in time"))
 
-    def _refuse_too_large(self, size: int) -> None:
-        limit = self.server.service.limits.max_payload_bytes
-        self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {size} bytes is over the {limit}-byte limit")
-
-    def handle_expect_100(self) -> bool:
-        """A client waiting for ``100 Continue`` hears 413 before it sends a body over the limit."""
-        size = self._declared_size()
-        if size is None or not self._over_limit(size):
-            return super().handle_expect_100()
-        self.close_connection = True  # the body it announced never comes, or comes unread
-        self._refuse_too_large(size)
-        return False
-
-    def _body(self) -> bytes | None:
-        """The request body, or None after answering 411/413 (a body over the limit is dropped unparsed)."""
-        size = self._declared_size()
-        if size is None:
-            self.close_connection = True  # where the body ends is unknown
-            self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-            return None
-        if self._over_limit(size):
-            self._discard_body()
-            self._refuse_too_large(size)
-            return None
-        return self.rfile.read(size)
-
-    def _dispatch(self) -> None:
-        """Route by path first, then method: a known path asked with the wrong method is 405, not 404."""
-        endpoint, name, version = _endpoint(self.path)
-        if endpoint is None:
-            self._discard_body()
-            self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r}", ErrorCode.NOT_FOUND)
-            return
-        allowed = ALLOWED[endpoint]
-        if self.command != allowed:
-            self._discard_body()
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.path} takes {allowed}, not {self.command}",
-                        headers={"Allow": allowed})
-            return
-        if version is not None and not self._serves_version(name, version):
-            return
-        getattr(self, f"_{endpoint}")(name)
-
-    def _serves_version(self, name: str, version: str) -> bool:
-        """Whether ``version`` of ``name`` serves here; if not, answered 404 (with the version that does)."""
-        meta = self.server.service.model_metadata(name)
-        if meta is not None and version in meta["versions"]:
-            return True
-        self._discard_body()
-        if meta is None:
-            self._unknown_model(name)
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"model {name!r} serves version {', '.join(meta['versions'])} here,"
-                                              f" not {version!r}", ErrorCode.NOT_FOUND)
-        return False
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
-    def _server(self, _name: str) -> None:
-        self._json(HTTPStatus.OK, server_metadata())
-
-    def _live(self, _name: str) -> None:
-        self._json(HTTPStatus.OK, {"live": True})
-
-    def _ready(self, _name: str) -> None:
-        ready = self.server.service.ready()
-        self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"ready": ready})
-
-    def _metrics(self, _name: str) -> None:
-        body, content_type = self.server.service.metrics_text()
-        self._send(HTTPStatus.OK, body, content_type)
-
-    def _model(self, name: str) -> None:
-        meta = self.server.service.model_metadata(name)
-        if meta is None:
-            self._unknown_model(name)
-        else:
-            self._json(HTTPStatus.OK, meta)
-
-    def _model_ready(self, name: str) -> None:
-        service = self.server.service
-        if service.model_metadata(name) is None:
-            self._unknown_model(name)
-            return
-        ready = service.ready()
-        self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"name": name, "ready": ready})
-
-    def _unknown_model(self, name: str) -> None:
-        self._error(HTTPStatus.NOT_FOUND, f"unknown model {name!r}", ErrorCode.UNKNOWN_TASK)
-
-    def _model_body(self, name: str) -> tuple[bytes, dict[str, Any]] | None:
-        """The body of a POST to a served model and the model's metadata, or None after answering (411, 413, 404)."""
-        body = self._body()
-        if body is None:
-            return None
-        meta = self.server.service.model_metadata(name)
-        if meta is None:
-            self._unknown_model(name)
-            return None
-        return body, meta
-
-    def _infer(self, name: str) -> None:
-        posted = self._model_body(name)
-        if posted is None:
-            return
-        body, meta = posted
-        service = self.server.service
-        with service.admission(name):  # the model's callers let in at once (models.<task>.max_concurrent_requests)
-            try:
-                doc, binary_part = split_body(body, self.headers.get(binary.HEADER), service.limits)
-                request = decode_document(name, doc, service.limits, binary_part)
-                # OIP addresses inputs by name: strict, as Triton is, even for one input (a misnamed tensor is
-                # usually a request built for another model)
-                check_input_names(f"model {name!r}", [i["name"] for i in meta["inputs"]], list(request.inputs))
-                wanted = binary_outputs(doc, [o["name"] for o in meta["outputs"]])
-                reply = service.infer(request)
-            except ProtocolError as exc:
-                self._error(STATUS_OF[exc.code], exc.message, exc.code)
+    def fire(self, value: object, error: BaseException | None) -> None:
+        with self._lock:
+            if self._fired:
                 return
-            answer, header_length = encode_reply(reply, (name, meta["versions"][0]), wanted)
-        if header_length is None:
-            self._send(HTTPStatus.OK, answer)
-        else:
-            self._send(HTTPStatus.OK, answer, binary.OCTET_STREAM, {binary.HEADER: str(header_length)})
+            self._fired = True
+        self.entry.value, self.entry.error = value, error
+        self._server.submit(self)
 
-    def _feedback(self, name: str) -> None:
-        posted = self._model_body(name)
-        if posted is None:
+
+class _Api:
+    """The endpoints: refusals from the headers on the server's loop, answers on its workers."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.server: HttpServer | None = None  # set by ApiServer
+
+    # -- on the loop: what is refused before its body ------------------------------------------------
+    def refuse(self, request: Request) -> Response | None:
+        """Route by path first, then method: a known path asked with the wrong method is 405, not 404."""
+        endpoint, name, version = _endpoint(request.path)
+        if endpoint is None:
+            return _error(HTTPStatus.NOT_FOUND, f"no such endpoint {request.path!r}", ErrorCode.NOT_FOUND)
+        allowed = ALLOWED[endpoint]
+        if request.method != allowed:
+            return _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.path} takes {allowed}, not {request.method}",
+                          headers={"Allow": allowed})
+        if version is not None:
+            meta = self.service.model_metadata(name)
+            if meta is None:
+                return _unknown_model(name)
+            if version not in meta["versions"]:
+                return _error(HTTPStatus.NOT_FOUND, f"model {name!r} serves version {', '.join(meta['versions'])}"
+                                                    f" here, not {version!r}", ErrorCode.NOT_FOUND)
+        if allowed != "POST":
+            return None
+        size = request.declared_size
+        if size is None:  # where the body ends is unknown
+            return _error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required", close=True)
+        limit = self.service.limits.max_payload_bytes
+        if size > limit:
+            return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {size} bytes is over the {limit}-byte limit")
+        if self.service.model_metadata(name) is None:
+            return _unknown_model(name)
+        return None
+
+    # -- on a worker -----------------------------------------------------------------------------------
+    def work(self, items: list[Any]) -> None:
+        """Answer what came; the group's inference requests are driven together."""
+        entries: list[Entry[_Call]] = []
+        for item in items:
+            if isinstance(item, _CloudAnswer):
+                entries.append(item.entry)
+            elif isinstance(item, _Call):  # admitted now that another request left
+                self._start(item, entries)
+            else:
+                self._route(item, entries)
+        grouped = run_group(entries)
+        for call, outcome in grouped.done:
+            self._finish(call, outcome)
+        assert self.server is not None
+        for entry, wait in grouped.waiting:
+            resume = _CloudAnswer(entry, self.server)
+            wait.answer.add_done_callback(resume.answered)
+            self.server.call_at(wait.deadline, resume.late)
+
+    def _route(self, exchange: Exchange, entries: list[Entry[_Call]]) -> None:
+        endpoint, name, _ = _endpoint(exchange.request.path)
+        if endpoint == "infer":
+            meta = self.service.model_metadata(name)
+            if meta is None:  # unloaded since its headers came
+                exchange.respond(_unknown_model(name))
+                return
+            call = _Call(exchange, name, meta, self.service.admission(name))
+            if call.admission.enter(call):  # else parked until a request of the model leaves
+                self._start(call, entries)
+        elif endpoint == "feedback":
+            exchange.respond(self._feedback(name, exchange.request.body))
+        else:
+            exchange.respond(self._look(endpoint, name))
+
+    def _start(self, call: _Call, entries: list[Entry[_Call]]) -> None:
+        """Read the request's body; its steps join the group, or it is answered (and leaves) at once."""
+        service, name, request = self.service, call.name, call.exchange.request
+        try:
+            doc, binary_part = split_body(request.body, request.headers.get(binary.HEADER.lower()), service.limits)
+            decoded = decode_document(name, doc, service.limits, binary_part)
+            # OIP addresses inputs by name: strict, as Triton is, even for one input (a misnamed tensor is
+            # usually a request built for another model)
+            check_input_names(f"model {name!r}", [i["name"] for i in call.meta["inputs"]], list(decoded.inputs))
+            call.wanted = binary_outputs(doc, [o["name"] for o in call.meta["outputs"]])
+            steps = service.answer_steps(decoded)
+        except Exception as exc:  # noqa: BLE001  # a ProtocolError is the caller's 4xx, anything else a 500
+            self._finish(call, exc)
             return
-        body = posted[0]
+        entries.append(Entry(call, steps))
+
+    def _finish(self, call: _Call, outcome: Outcome) -> None:
+        """Answer the request and let the next parked one of its model in."""
+        try:
+            call.exchange.respond(self._answer(call, outcome))
+        finally:
+            admitted = call.admission.leave()
+            if admitted is not None:
+                assert self.server is not None
+                self.server.submit(admitted)
+
+    @staticmethod
+    def _answer(call: _Call, outcome: Outcome) -> Response:
+        if isinstance(outcome, ProtocolError):
+            return _error(STATUS_OF[outcome.code], outcome.message, outcome.code)
+        if not isinstance(outcome, InferReply):
+            log.error("answering a request for %s failed", call.name, exc_info=outcome)
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (in the agent's log)", ErrorCode.INTERNAL)
+        assert call.wanted is not None
+        answer, header_length = encode_reply(outcome, (call.name, call.meta["versions"][0]), call.wanted)
+        if header_length is None:
+            return Response(HTTPStatus.OK, answer)
+        return Response(HTTPStatus.OK, answer, binary.OCTET_STREAM, {binary.HEADER: str(header_length)})
+
+    def _look(self, endpoint: str | None, name: str) -> Response:
+        """The GET endpoints."""
+        service = self.service
+        if endpoint == "server":
+            return _json(HTTPStatus.OK, server_metadata())
+        if endpoint == "live":
+            return _json(HTTPStatus.OK, {"live": True})
+        if endpoint == "metrics":
+            body, content_type = service.metrics_text()
+            return Response(HTTPStatus.OK, body, content_type)
+        meta = service.model_metadata(name) if endpoint in ("model", "model_ready") else None
+        if endpoint == "model":
+            return _json(HTTPStatus.OK, meta) if meta is not None else _unknown_model(name)
+        ready = service.ready()
+        if endpoint == "model_ready":
+            if meta is None:
+                return _unknown_model(name)
+            return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"name": name, "ready": ready})
+        return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, {"ready": ready})
+
+    def _feedback(self, name: str, body: bytes) -> Response:
         try:
             doc = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._error(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}")
-            return
+            return _error(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}")
         request_id, label = (doc.get("id"), doc.get("label")) if isinstance(doc, dict) else (None, None)
         if not isinstance(request_id, str) or isinstance(label, bool) or not isinstance(label, int):
-            self._error(HTTPStatus.BAD_REQUEST, 'feedback body must be {"id": "<request id>", "label": <int>}')
-            return
+            return _error(HTTPStatus.BAD_REQUEST, 'feedback body must be {"id": "<request id>", "label": <int>}')
         try:
-            found = self.server.service.feedback(request_id, label, name)  # another model's answer is not found here
+            found = self.service.feedback(request_id, label, name)  # another model's answer is not found here
         except ValueError as exc:
-            self._error(HTTPStatus.BAD_REQUEST, str(exc))
-            return
+            return _error(HTTPStatus.BAD_REQUEST, str(exc))
         if not found:
-            self._error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer of model {name!r} for request"
-                                              f" {request_id!r} (evicted, never kept, or another model's)",
-                        ErrorCode.NOT_FOUND)
-            return
-        self._json(HTTPStatus.OK, {"id": request_id, "label": label})
+            return _error(HTTPStatus.NOT_FOUND, f"no stored sample or recent answer of model {name!r} for request"
+                                                f" {request_id!r} (evicted, never kept, or another model's)",
+                          ErrorCode.NOT_FOUND)
+        return _json(HTTPStatus.OK, {"id": request_id, "label": label})
 
 
-class ApiServer(BackgroundHttpServer):
-    """The HTTP server bound to one agent; ``start`` serves on a background thread."""
+class ApiServer(HttpServer):
+    """The HTTP server bound to one agent; ``start`` serves on background threads."""
 
     def __init__(self, service: InferenceService, host: str = "127.0.0.1", port: int = 8080) -> None:
-        super().__init__((host, port), _Handler)
+        api = _Api(service)
+        super().__init__(api, host, port, name="http")
+        api.server = self
         self.service = service

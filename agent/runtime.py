@@ -7,8 +7,6 @@ profile's ``input`` describes the first input (and may be stricter than the grap
 from __future__ import annotations
 
 import logging
-import threading
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.admission import Admission
 from agent.batching import MicroBatcher
 from agent.confidence import output_scores
 from agent.feeds import Rows, answer_specs, fit_inputs, graph_specs
@@ -66,7 +65,7 @@ class LocalModel:
     answers: list[TensorSpec]  # the outputs as answers name them (feeds.answer_specs)
     batcher: MicroBatcher
     manifest: Manifest | None
-    admission: AbstractContextManager[object]  # held by an HTTP request while it is worked on (the profile's limit)
+    admission: Admission[Any]  # the HTTP requests worked on at once (the profile's limit)
 
     @classmethod
     def load(cls, task: str, spec: ModelSpec, profile: Profile, store: ModelStore, *, max_queue_depth: int) -> LocalModel:
@@ -105,10 +104,8 @@ class LocalModel:
                                max_queue_delay_ms=spec.batching.max_queue_delay_ms,
                                max_queue_depth=max_queue_depth, name=task)
         log.info("loaded %s %s v%s for task %s (providers %s)", path, name, version, task, session.get_providers())
-        limit = spec.max_concurrent_requests
-        admission = threading.BoundedSemaphore(limit) if limit is not None else nullcontext()
         return cls(task, name, version, temperature, kind, spec, inputs, outputs, answer_specs(kind, outputs), batcher,
-                   manifest, admission)
+                   manifest, Admission(spec.max_concurrent_requests))
 
     def check_inputs(self, given: dict[str, np.ndarray]) -> Rows:
         """The request's tensors as the model takes them, or the protocol's error naming the mismatch.

@@ -8,60 +8,46 @@ The page is a single file with its script inline: no build step, no CDN, it work
 from __future__ import annotations
 
 import json
-import logging
 import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
-from agent.http_server import BackgroundHttpServer, ResponseHandler
+from agent.http_server import Exchange, HttpServer, Request, Response
 from cloud.dashboard.snapshot import snapshot
 from cloud.registry import Registry, RegistryUnavailable
 
-log = logging.getLogger(__name__)
 PAGE = resources.files("cloud.dashboard").joinpath("page.html")
 
 
-class _Handler(ResponseHandler):
-    server: DashboardServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("dashboard %s", format % args)
-
-    def _page(self, status: int, body: bytes, content_type: str) -> None:
-        self._send(status, body, content_type, {"Cache-Control": "no-store"})  # the state changes every poll
-
-    def do_GET(self) -> None:  # the name http.server looks up
-        path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            self._page(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
-        elif path == "/api/state":
-            status, doc = self.server.state()
-            self._page(status, json.dumps(doc).encode(), "application/json")
-        else:
-            self._page(HTTPStatus.NOT_FOUND, b'{"error": "not found: the dashboard serves / and /api/state"}',
-                       "application/json")
-
-    do_HEAD = do_GET
-
-    def _refuse(self) -> None:
-        self.close_connection = True  # its body is never read: the connection cannot carry another request
-        self._page(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', "application/json")
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+_NO_STORE = {"Cache-Control": "no-store"}  # the state changes every poll
 
 
-class DashboardUnavailable(Exception):
-    """The dashboard cannot listen where it was asked to; the message says where and why."""
+class _Dashboard:
+    """The two pages; anything but GET and HEAD is refused from its headers."""
 
-
-class DashboardServer(BackgroundHttpServer):
-    """Serves the page and the registry's snapshot (the registry serializes its own use across threads)."""
-
-    def __init__(self, registry: Registry, host: str = "127.0.0.1", port: int = 8090) -> None:
-        super().__init__((host, port), _Handler)
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.page = PAGE.read_bytes()
+
+    def refuse(self, request: Request) -> Response | None:
+        if request.method in ("GET", "HEAD"):
+            return None
+        return Response(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', headers=_NO_STORE,
+                        close=True)  # its body is never read: the connection cannot carry another request
+
+    def work(self, items: list[Exchange]) -> None:
+        for exchange in items:
+            exchange.respond(self._get(exchange.request.path.split("?", 1)[0]))
+
+    def _get(self, path: str) -> Response:
+        if path in ("/", "/index.html"):
+            return Response(HTTPStatus.OK, self.page, "text/html; charset=utf-8", _NO_STORE)
+        if path == "/api/state":
+            status, doc = self.state()
+            return Response(status, json.dumps(doc).encode(), headers=_NO_STORE)
+        return Response(HTTPStatus.NOT_FOUND, b'{"error": "not found: the dashboard serves / and /api/state"}',
+                        headers=_NO_STORE)
 
     def state(self) -> tuple[int, dict[str, Any]]:
         """The snapshot, or 503 naming why the registry could not be read (the page shows it and keeps polling)."""
@@ -69,6 +55,17 @@ class DashboardServer(BackgroundHttpServer):
             return HTTPStatus.OK, snapshot(self.registry, time.time())
         except RegistryUnavailable as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
+
+
+class DashboardUnavailable(Exception):
+    """The dashboard cannot listen where it was asked to; the message says where and why."""
+
+
+class DashboardServer(HttpServer):
+    """Serves the page and the registry's snapshot (one worker: the registry serializes its own use anyway)."""
+
+    def __init__(self, registry: Registry, host: str = "127.0.0.1", port: int = 8090) -> None:
+        super().__init__(_Dashboard(registry), host, port, workers=1, name="dashboard")
 
 
 def open_dashboard(registry: Registry | None, host: str, port: int) -> DashboardServer:

@@ -141,7 +141,7 @@ class Coordinator:
                 self._devices.start()
             if self._dashboard is not None:
                 self._dashboard.start()
-                log.info("dashboard on http://%s:%d/", *self._dashboard.server_address[:2])
+                log.info("dashboard on http://%s:%d/", *self._dashboard.address)
             self._workers = [self._spawn(i) for i in range(self._count)]
             log.info("started %d workers (pids %s)", self._count, self.worker_pids)
             intervals = 0
