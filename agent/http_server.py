@@ -214,7 +214,7 @@ class _Connection(asyncio.Protocol):
         if len(self._pending) >= PIPELINE_DEPTH and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
-        self.server.submit(exchange)
+        self.server.arrived(exchange)
 
     # -- answers -----------------------------------------------------------------------------
     def answered(self, exchange: Exchange, response: Response) -> None:
@@ -279,6 +279,8 @@ class HttpServer:
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._outbox: deque[tuple[Exchange, Response]] = deque()
         self._wake_pending = False
+        self._arrivals: list[Exchange] = []  # read in this pass of the loop
+        self._working = [False] * workers  # each worker's own flag: whether it is answering now
         self.connections: set[_Connection] = set()
         self._threads: list[threading.Thread] = []
         self._date = (0, "")
@@ -319,6 +321,24 @@ class HttpServer:
             self._loop.call_soon_threadsafe(self._loop.call_at, when, callback)
 
     # -- the loop's and the workers' ------------------------------------------------------------
+    def arrived(self, exchange: Exchange) -> None:
+        """On the loop: a request is read. Those read in one pass of the loop are dispatched together."""
+        self._arrivals.append(exchange)
+        if len(self._arrivals) == 1:
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand what arrived to the workers; a request alone, with every worker idle, is answered here.
+
+        Nothing else waits for the loop then, and a hand-off to a worker and back (two thread wake-ups)
+        costs more than most answers.
+        """
+        arrivals, self._arrivals = self._arrivals, []
+        if len(arrivals) == 1 and not any(self._working) and self._work.empty():
+            self._run(arrivals)
+            return
+        for exchange in arrivals:
+            self._work.put(exchange)
     def _send_answers(self) -> None:
         self._wake_pending = False  # before taking answers: one delivered from now on schedules another pass
         while self._outbox:
@@ -337,9 +357,10 @@ class HttpServer:
             self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
             self._loop.close()
 
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
         while True:
             items = [self._work.get()]
+            self._working[index] = True
             while True:
                 try:
                     items.append(self._work.get_nowait())
@@ -349,6 +370,7 @@ class HttpServer:
             items = [item for item in items if item is not _STOP]
             if items:
                 self._run(items)
+            self._working[index] = False
             if stop:
                 return
 
@@ -364,8 +386,8 @@ class HttpServer:
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._serve, name=f"fedge-{self.name}-{self.port}", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, name=f"fedge-{self.name}-worker-{i}", daemon=True)
-                          for i in range(self.workers)]
+        self._threads += [threading.Thread(target=self._worker, args=(i,), name=f"fedge-{self.name}-worker-{i}",
+                                           daemon=True) for i in range(self.workers)]
         for thread in self._threads:
             thread.start()
 
