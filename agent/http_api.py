@@ -305,4 +305,3 @@ class ApiServer(HttpServer):
         api = _Api(service)
         super().__init__(api, host, port, name="http")
         api.server = self
-        self.service = service

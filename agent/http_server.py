@@ -3,12 +3,13 @@
 Why not the standard library's threading server, which fedge used first: a
 thread per connection pays a wake-up and a GIL hand-off at each end of the
 model's queue for every request, and at 32 callers that, not the model, set
-the pace (2,900 req/s on the edge model where Triton served 3,500). Here one
-loop thread reads and writes every connection, httptools (the C parser uvicorn
-uses, 0.4 MB installed) parses, and whatever requests arrived since a worker
-last looked go to it as one list: one hand-off per group. The app answers each
-``Exchange`` from any thread, in any order; a connection's answers go out in
-the order its requests came.
+the pace (2,900 req/s on the edge model where Triton served 3,500; now 7,000,
+bench/results/serving_peers.json). Here one loop thread reads and writes every
+connection, httptools (the C parser uvicorn uses, a 0.4 MB wheel) parses, and
+whatever requests arrived since a worker last looked go to it as one list: one
+hand-off per group (a lone request with the workers idle is answered on the
+loop). The app answers each ``Exchange`` from any thread, in any order; a
+connection's answers go out in the order its requests came.
 
 A request refused on its headers (``HttpApp.refuse``: no such endpoint, a body
 over the limit) is answered without its body being kept: the body is read and

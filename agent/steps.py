@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from agent.batching import MicroBatcher, Pending
 from agent.feeds import Rows
@@ -24,8 +24,7 @@ from agent.latch import Latch
 from agent.protocol import ErrorReply, InferReply
 
 
-@dataclass(frozen=True)
-class LocalRun:
+class LocalRun(NamedTuple):
     """Run ``x`` on the local model by ``deadline`` (monotonic): sent a ``Ran``, or thrown what failed."""
 
     batcher: MicroBatcher
@@ -34,8 +33,7 @@ class LocalRun:
     deadline: float
 
 
-@dataclass(frozen=True)
-class CloudWait:
+class CloudWait(NamedTuple):
     """The cloud's answer to an offload by ``deadline`` (monotonic); thrown TimeoutError when it is late."""
 
     answer: Latch[InferReply | ErrorReply]
@@ -74,16 +72,17 @@ def _wait(step: Step) -> tuple[object, BaseException | None]:
 
 
 def finish(steps: Steps) -> InferReply:
-    """Drive ``steps`` to the end on this thread, waiting for each step in turn; raises what it raises."""
-    value: object = None
-    error: BaseException | None = None
-    while True:
-        outcome = advance(steps, value, error)
-        if isinstance(outcome, InferReply):
-            return outcome
-        if isinstance(outcome, Exception):
-            raise outcome
-        value, error = _wait(outcome)
+    """Drive ``steps`` to the end on this thread, waiting for each step in turn; raises what it raises.
+
+    Every in-process answer passes here (``Agent.infer``): kept to a loop of sends.
+    """
+    try:
+        step = next(steps)
+        while True:
+            value, error = _wait(step)
+            step = steps.send(value) if error is None else steps.throw(error)
+    except StopIteration as done:
+        return done.value
 
 
 @dataclass

@@ -64,10 +64,6 @@ SECONDS, QUICK_SECONDS = 2.0, 0.4  # per point and round
 FLOOR_SECONDS, QUICK_FLOOR_SECONDS = 6.0, 1.2
 THREADS = 1  # intra-op threads, every server and the floor
 QUEUE_DELAY_MS = 0.0  # fedge's micro-batcher and Triton's dynamic batcher alike: run what is queued, never wait
-# fedge's models.<task>.max_concurrent_requests, as its description advises: a few at a time for the image model
-# (MobileNetV2 binary at 32 in flight, measured: 520 req/s unlimited, 620 with 8, 690 with 4, 645 with 3), none for
-# the tiny model, whose batches grow with its callers (2,900 req/s unlimited, 2,200 with 8, 2,000 with 4).
-MAX_CONCURRENT = {"mobilenet": 4}
 TARGETS = {"p50": 0.7, "throughput": 1.5, "floor": 0.8}
 
 
@@ -107,8 +103,8 @@ def _models(work: Path, floor_s: float) -> tuple[ModelStore, dict[str, Served], 
                            [-1, 3, mobilenet.RESOLUTION, mobilenet.RESOLUTION])}
     floors = {m: floor(stored.model_path, shape[1:], THREADS, floor_s * (1 if m == "mobilenet" else 0.3))
               for m, (_, stored, shape) in files.items()}
-    served = {m: Served(name, stored.model_path, stored.manifest.name, shape, int(floors[m]["best_batch"]),
-                        MAX_CONCURRENT.get(m)) for m, (name, stored, shape) in files.items()}
+    served = {m: Served(name, stored.model_path, stored.manifest.name, shape, int(floors[m]["best_batch"]))
+              for m, (name, stored, shape) in files.items()}
     return store, served, floors
 
 
@@ -264,7 +260,6 @@ def _run(work: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Any], dict[
                      "max_batch_size_from": "the floor's best batch size, measured first in this run",
                      "max_queue_delay_ms": QUEUE_DELAY_MS,
                      "fedge": "micro-batcher (a lone request runs inline)",
-                     "fedge_max_concurrent_requests": {m: s.max_concurrent for m, s in models.items()},
                      "triton": "dynamic batcher, 1 instance",
                      "kserve": "none (ModelServer has no batcher; sync predict, 1 uvicorn worker)"},
         "models": {m: {"name": s.name, "input_shape": s.shape, "bytes": s.file.stat().st_size}

@@ -107,11 +107,10 @@ class ModelSpec(StrictModel):
         None,
         ge=1,
         le=1024,
-        description="HTTP requests for this model decoded, run and answered at once; more callers wait"
-        " their turn (null: no limit). For large inputs (images) a few at a time keep a small CPU's"
-        " connection threads from taking turns on one interpreter: MobileNetV2 at 3x96x96 on 2 cores,"
-        " 32 callers, 520 requests/s unlimited, 690 with 4. A tiny model wants no limit: its batches"
-        " grow with the callers.",
+        description="HTTP requests for this model worked on at once (decoded, queued, run, waiting for"
+        " the cloud); more callers wait their turn, in order (null: no limit). A bound on the memory"
+        " large bodies hold at once, not a speed setting: MobileNetV2 at 3x96x96 on 2 cores, 32"
+        " callers, serves as fast with a limit of 4 as without.",
     )
 
     @model_validator(mode="after")

@@ -45,7 +45,6 @@ class Served:
     store_name: str  # fedge's model store entry for it
     shape: list[int]  # the input shape, batch first (-1)
     max_batch: int  # most rows the batching servers (fedge, Triton) run together
-    max_concurrent: int | None = None  # fedge: models.<task>.max_concurrent_requests (None: no limit)
 
 
 @dataclass
@@ -104,8 +103,7 @@ def fedge_profile(work: Path, port: int, models: list[Served], threads: int, del
         "device": {"id": "serving-peers", "kind": "bench"},
         "hardware": {"execution_providers": [{"type": "cpu"}], "intra_op_threads": threads, "inter_op_threads": 1},
         "models": {m.name: {"name": m.store_name, "input": {"name": "input", "shape": m.shape},
-                            "batching": {"max_batch_size": m.max_batch, "max_queue_delay_ms": delay_ms},
-                            "max_concurrent_requests": m.max_concurrent}
+                            "batching": {"max_batch_size": m.max_batch, "max_queue_delay_ms": delay_ms}}
                    for m in models},
         "api": {"host": "127.0.0.1", "port": port},
         "storage": {"directory": str(work / "fedge-state"), "samples": {"enabled": False}},
