@@ -163,7 +163,7 @@ class _Api:
         if endpoint is None:
             return _error(HTTPStatus.NOT_FOUND, f"no such endpoint {request.path!r}", ErrorCode.NOT_FOUND)
         allowed = ALLOWED[endpoint]
-        if request.method != allowed:
+        if request.method != allowed and (request.method, allowed) != ("HEAD", "GET"):  # HEAD: a GET's headers
             return _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.path} takes {allowed}, not {request.method}",
                           headers={"Allow": allowed})
         if version is not None:

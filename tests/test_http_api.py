@@ -119,6 +119,10 @@ def test_http_api_answers_wrong_methods_with_405_and_serves_server_metadata_and_
         status, allowed, doc = _method_status(conn, "POST", "/v2/models/mnist1d/explain", b"{}")
         assert (status, allowed, doc["code"]) == (404, None, "not_found") and "no such endpoint" in doc["error"]
         assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
+        conn.request("HEAD", "/v2/health/ready")  # a GET's headers, no body, and the connection carries on
+        head = conn.getresponse()
+        assert (head.status, head.read(), int(head.headers["Content-Length"])) == (200, b"", len(b'{"ready":true}'))
+        assert _method_status(conn, "GET", "/v2/health/ready")[::2] == (200, {"ready": True})
         conn.close()
 
 
