@@ -359,20 +359,21 @@ class HttpServer:
             self._loop.close()
 
     def _worker(self, index: int) -> None:
+        """Take everything queued, up to a stop signal: one per worker, so another's stays for it to find."""
         while True:
-            items = [self._work.get()]
+            item = self._work.get()
             self._working[index] = True
-            while True:
+            items: list[Any] = []
+            while item is not _STOP:
+                items.append(item)
                 try:
-                    items.append(self._work.get_nowait())
+                    item = self._work.get_nowait()
                 except queue.Empty:
                     break
-            stop = _STOP in items
-            items = [item for item in items if item is not _STOP]
             if items:
                 self._run(items)
             self._working[index] = False
-            if stop:
+            if item is _STOP:
                 return
 
     def _run(self, items: list[Any]) -> None:

@@ -324,3 +324,15 @@ def test_requests_waiting_for_the_cloud_hold_no_worker_and_each_is_answered_at_i
     for status, doc in answers:
         assert status == 200 and isinstance(doc, dict), doc
         assert doc["parameters"]["source"] == "edge" and doc["parameters"]["degraded"], doc
+
+
+def test_stopping_the_agent_ends_every_thread_of_its_http_server(zoo: Path) -> None:
+    """One stop signal per worker: a worker that took both once left the other waiting forever (and every
+    agent's stop waited 5 s for it)."""
+    def server_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("fedge-http") and t.is_alive()]
+
+    with Agent(make_profile(zoo, None, api_port=free_port())) as agent:
+        assert agent.api is not None
+        assert len(server_threads()) == 1 + agent.api.workers  # the loop and its workers
+    assert server_threads() == []
