@@ -242,10 +242,15 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _answer_now(self, response: Response) -> None:
-        """Answer ahead of anything else in the works and close (the request could not be read to its end)."""
-        self._write(_head(response.status, response.content_type, len(response.body), response.headers, True,
-                          self.server.date()) + response.body)
-        self._close()
+        """Answer after the requests already in the works, then close.
+
+        This request could not be read to its end, so nothing after it is read at all.
+        """
+        self._closing = True
+        refused = Exchange(self, Request("", "", {}))
+        refused._responded = True
+        self._pending.append((refused, _closing(response), False))
+        self._flush()
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

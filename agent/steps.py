@@ -6,8 +6,9 @@ is sent the result (or has the failure thrown in). ``finish`` drives one on the
 caller's thread: the blocking call MQTT requests and the CLI make. ``run_group``
 drives many on one thread: their rows are queued for the model back to back
 (the batcher's worker wakes once and batches them), and those left waiting for
-the cloud are handed back instead of holding a thread. That is how the HTTP API (agent/http_api.py) pays one
-thread hand-off per group of requests rather than one per request.
+the cloud are handed back instead of holding a thread. That is how the HTTP API
+(agent/http_api.py) pays one thread hand-off per group of requests, not one per
+request.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import logging
+import re
 import socket
 import struct
 import threading
@@ -336,3 +337,17 @@ def test_stopping_the_agent_ends_every_thread_of_its_http_server(zoo: Path) -> N
         assert agent.api is not None
         assert len(server_threads()) == 1 + agent.api.workers  # the loop and its workers
     assert server_threads() == []
+
+
+def test_a_malformed_request_behind_a_good_one_on_a_connection_is_answered_after_it(zoo: Path) -> None:
+    """Pipelined: the good request's answer first, then the 400, then the connection closes."""
+    port = free_port()
+    x, _ = sample_inputs(1)
+    body = json.dumps(_good(x)).encode()
+    good = b"POST /v2/models/mnist1d/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with Agent(make_profile(zoo, None, api_port=port)), socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(good + b"NOT HTTP\r\n\r\n")
+        answers = b""
+        while part := sock.recv(65536):  # until the agent closes
+            answers += part
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"400"], answers
