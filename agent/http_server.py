@@ -345,6 +345,7 @@ class HttpServer:
             return
         for exchange in arrivals:
             self._work.put(exchange)
+
     def _send_answers(self) -> None:
         self._wake_pending = False  # before taking answers: one delivered from now on schedules another pass
         while self._outbox:
