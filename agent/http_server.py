@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
@@ -191,7 +192,7 @@ class _Connection(asyncio.Protocol):
         if request.headers.get("expect") or (size is None and "transfer-encoding" in request.headers) \
                 or (size is not None and size > DISCARD_LIMIT):
             # the body may never come (the client waits for 100 Continue), or is not worth reading to its end
-            self._answer_now(refusal if refusal.close else _closing(refusal))
+            self._answer_now(refusal)
             raise httptools.HttpParserCallbackError("answered before the body")  # stop parsing this connection
         self._refusal = refusal  # the body is read and dropped, then answered
 
@@ -249,7 +250,7 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         refused = Exchange(self, Request("", "", {}))
         refused._responded = True
-        self._pending.append((refused, _closing(response), False))
+        self._pending.append((refused, dataclasses.replace(response, close=True), False))
         self._flush()
 
     def _write(self, data: bytes) -> None:
@@ -264,10 +265,6 @@ class _Connection(asyncio.Protocol):
 
 def _bad_request(message: str) -> Response:
     return Response(HTTPStatus.BAD_REQUEST, json.dumps({"error": message, "code": "bad_request"}).encode(), close=True)
-
-
-def _closing(response: Response) -> Response:
-    return Response(response.status, response.body, response.content_type, response.headers, close=True)
 
 
 class HttpServer:
