@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,3 +66,20 @@ def calls_per_second(call: Callable[[int], object], callers: int, seconds: float
     for t in threads:
         t.join()
     return sum(counts) / (time.perf_counter() - started)
+
+
+def interleaved_call_us(paths: dict[str, Callable[[int], object]], blocks: int, block: int) -> dict[str, float]:
+    """Median µs per call of each path, the paths taking turns in blocks of ``block`` calls.
+
+    Each block runs one path back to back (its steady state, caches and all); the turns (reversed every
+    other block) make the machine's drift, ±10 % between seconds here, hit every path alike.
+    """
+    per_call: dict[str, list[float]] = {name: [] for name in paths}
+    turns = list(paths.items())
+    for b in range(blocks):
+        for name, call in turns if b % 2 == 0 else turns[::-1]:
+            started = time.perf_counter()
+            for k in range(block):
+                call(k)
+            per_call[name].append((time.perf_counter() - started) / block)
+    return {name: statistics.median(times) * 1e6 for name, times in per_call.items()}
