@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import metadata
@@ -25,7 +26,7 @@ from agent.latch import Latch
 from agent.protocol import ErrorCode, ErrorReply, InferReply, InferRequest, Limits, ProtocolError, binary, oip
 from agent.protocol.binary import binary_outputs, encode_reply, split_body
 from agent.protocol.codec import decode_document
-from agent.steps import Entry, Outcome, Steps, run_group
+from agent.steps import CloudWait, Entry, Outcome, Steps, run_group
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +131,37 @@ class _CloudAnswer:
         self._server = server
         self._lock = threading.Lock()
         self._fired = False
+        self._cancel_late: Callable[[], None] | None = None
+
+    def arm(self, wait: CloudWait) -> None:
+        """Resume at ``wait``'s answer or at its deadline, whichever comes first.
+
+        The deadline's timer is set first (the answer may be in already, and cancels it): an early answer
+        does not leave the request's steps on the loop until the deadline.
+        """
+        self._cancel_late = self._server.call_at(wait.deadline, self.late)
+        wait.answer.add_done_callback(self.answered)
 
     def answered(self, latch: Latch[InferReply | ErrorReply]) -> None:
         try:
-            self.fire(latch.result(0), None)
+            value, error = latch.result(0), None
         except Exception as exc:  # noqa: BLE001  # what the wait failed with is thrown into the request's steps
-            self.fire(None, exc)
+            value, error = None, exc
+        if self.fire(value, error) and self._cancel_late is not None:
+            self._cancel_late()
 
     def late(self) -> None:
         self.fire(None, TimeoutError("the cloud did not answer in time"))
 
-    def fire(self, value: object, error: BaseException | None) -> None:
+    def fire(self, value: object, error: BaseException | None) -> bool:
+        """Resume the request with ``value`` or ``error``, unless it was resumed already (then False)."""
         with self._lock:
             if self._fired:
-                return
+                return False
             self._fired = True
         self.entry.value, self.entry.error = value, error
         self._server.submit(self)
+        return True
 
 
 class _Api:
@@ -201,9 +216,7 @@ class _Api:
             self._finish(call, outcome)
         assert self.server is not None
         for entry, wait in grouped.waiting:
-            resume = _CloudAnswer(entry, self.server)
-            wait.answer.add_done_callback(resume.answered)
-            self.server.call_at(wait.deadline, resume.late)
+            _CloudAnswer(entry, self.server).arm(wait)
 
     def _route(self, exchange: Exchange, entries: list[Entry[_Call]]) -> None:
         endpoint, name, _ = _endpoint(exchange.request.path)

@@ -318,10 +318,25 @@ class HttpServer:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped, the connection with it
                 self._loop.call_soon_threadsafe(self._send_answers)
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the loop at ``when`` (time.monotonic, asyncio's clock)."""
+    def call_at(self, when: float, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` on the loop at ``when`` (time.monotonic, asyncio's clock); returns its cancel.
+
+        The cancel works from any thread and lets go of ``callback`` (and all it holds) at once, not at ``when``.
+        """
+        timer: list[asyncio.TimerHandle] = []
+
+        def cancel() -> None:
+            if timer:
+                timer[0].cancel()
+
         with contextlib.suppress(RuntimeError):  # stopped
-            self._loop.call_soon_threadsafe(self._loop.call_at, when, callback)
+            self._loop.call_soon_threadsafe(lambda: timer.append(self._loop.call_at(when, callback)))
+
+        def cancel_soon() -> None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(cancel)
+
+        return cancel_soon
 
     # -- the loop's and the workers' ------------------------------------------------------------
     def arrived(self, exchange: Exchange) -> None:

@@ -26,10 +26,11 @@ import yaml
 from agent.agent import Agent
 from agent.http_api import ApiServer
 from agent.latch import Latch
+from agent.model_store import ModelStore
 from agent.profile import parse_profile
 from agent.steps import CloudWait, Steps
 from cloud.local.mosquitto import Mosquitto, free_port
-from tests.agent_support import make_profile, profile_doc, sample_inputs, train_small_zoo
+from tests.agent_support import cloud_answer, make_profile, profile_doc, sample_inputs, train_small_zoo
 from tests.http_support import http_call
 from tests.mqtt_helpers import eventually
 from tests.responder import responding
@@ -325,6 +326,25 @@ def test_requests_waiting_for_the_cloud_hold_no_worker_and_each_is_answered_at_i
     for status, doc in answers:
         assert status == 200 and isinstance(doc, dict), doc
         assert doc["parameters"]["source"] == "edge" and doc["parameters"]["degraded"], doc
+
+
+def test_a_cloud_answer_before_the_deadline_lets_go_of_the_requests_timer(zoo: Path, broker: Mosquitto) -> None:
+    """The deadline timer of an offloaded request is cancelled when the cloud answers first: left on the loop
+    until a one-minute deadline, it held each answered request's steps (its input included) that long."""
+    port, callers = free_port(), 3
+    everything = {"mode": "threshold", "metric": "max_prob", "threshold": 1.0, "max_inflight": callers}
+    x, _ = sample_inputs(callers, seed=6)
+    with responding(broker, cloud_answer(ModelStore(zoo / "state" / "models"))), \
+            Agent(make_profile(zoo, broker, offload=everything, api_port=port, samples=False)) as agent:
+        assert agent.uplink is not None and agent.uplink.wait_connected(5)
+        assert eventually(lambda: agent.uplink is not None and agent.uplink.cloud_status is not None)
+        with ThreadPoolExecutor(callers) as pool:
+            answers = list(pool.map(lambda i: http_call(port, "POST", "/v2/models/mnist1d/infer", json.dumps(
+                {**_good(x[i:i + 1]), "parameters": {"timeout_ms": 60_000}}).encode()), range(callers)))
+        assert [doc["parameters"]["source"] for _, doc in answers] == ["cloud"] * callers, answers
+        assert agent.api is not None
+        loop = agent.api._loop  # the server's own loop; asyncio keeps its timers in _scheduled
+        assert eventually(lambda: not [t for t in loop._scheduled if not t.cancelled()]), loop._scheduled
 
 
 def test_stopping_the_agent_ends_every_thread_of_its_http_server(zoo: Path) -> None:
