@@ -3,6 +3,7 @@ with agents, the page showing the fleet, and what it shows changing when a devic
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
@@ -115,9 +116,17 @@ def test_the_dashboard_shows_the_fleet_and_a_device_going_offline(tmp_path: Path
 
         state = json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())
         assert {d["id"]: d["online"] for d in state["devices"]} == {"pi-kitchen": True, "jetson-door": False}
-        with pytest.raises(urllib.error.HTTPError) as refused:  # read-only: nothing to post
-            urllib.request.urlopen(urllib.request.Request(url + "api/state", b"{}", method="POST"), timeout=5)
-        assert refused.value.code == 405 and refused.value.headers["Connection"] == "close"  # its body was not read
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # read-only: nothing to post
+        connection.request("POST", "/api/state", b"{}")
+        refused = connection.getresponse()
+        assert refused.status == 405 and refused.getheader("Allow") == "GET, HEAD", refused.read()
+        refused.read()
+        kept = connection.sock  # None had the dashboard closed it (http.client would quietly open another)
+        connection.request("GET", "/api/state")  # the refused body was read and dropped: the connection goes on
+        again = connection.getresponse()
+        assert again.status == 200 and json.loads(again.read())["devices"], again.getheaders()
+        assert kept is not None and connection.sock is kept
+        connection.close()
     finally:
         for agent in agents:
             agent.stop()

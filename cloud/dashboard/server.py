@@ -33,8 +33,8 @@ class _Dashboard:
     def refuse(self, request: Request) -> Response | None:
         if request.method in ("GET", "HEAD"):
             return None
-        return Response(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}', headers=_NO_STORE,
-                        close=True)  # its body is never read: the connection cannot carry another request
+        return Response(HTTPStatus.METHOD_NOT_ALLOWED, b'{"error": "the dashboard is read-only"}',
+                        headers={**_NO_STORE, "Allow": "GET, HEAD"})
 
     def work(self, items: list[Exchange]) -> None:
         for exchange in items:
