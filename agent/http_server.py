@@ -324,19 +324,18 @@ class HttpServer:
         The cancel works from any thread and lets go of ``callback`` (and all it holds) at once, not at ``when``.
         """
         timer: list[asyncio.TimerHandle] = []
-
-        def cancel() -> None:
-            if timer:
-                timer[0].cancel()
-
         with contextlib.suppress(RuntimeError):  # stopped
             self._loop.call_soon_threadsafe(lambda: timer.append(self._loop.call_at(when, callback)))
 
-        def cancel_soon() -> None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(cancel)
+        def on_loop() -> None:  # queued behind the line above: the timer is set by the time this runs
+            for handle in timer:
+                handle.cancel()
 
-        return cancel_soon
+        def cancel() -> None:
+            with contextlib.suppress(RuntimeError):  # stopped: the timer went with the loop
+                self._loop.call_soon_threadsafe(on_loop)
+
+        return cancel
 
     # -- the loop's and the workers' ------------------------------------------------------------
     def arrived(self, exchange: Exchange) -> None:
