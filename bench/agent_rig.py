@@ -72,7 +72,7 @@ def interleaved_call_us(paths: dict[str, Callable[[int], object]], blocks: int, 
     """Median µs per call of each path, the paths taking turns in blocks of ``block`` calls.
 
     Each block runs one path back to back (its steady state, caches and all); the turns (reversed every
-    other block) make the machine's drift, ±10 % between seconds here, hit every path alike.
+    other block) make the machine's drift (±10 % from one 3-second round to the next here) hit every path alike.
     """
     per_call: dict[str, list[float]] = {name: [] for name in paths}
     turns = list(paths.items())
