@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = bench_arguments("raw_mqtt", __doc__, argv, "a few hundred messages, for the smoke test")
     round_trips, messages = (100, 500) if args.quick else (3000, 5000)
     # With Nagle on, a QoS 1 round trip stalls ~90 ms: a tenth of the samples tell the story.
-    samples = {False: max(50, round_trips // 10), True: round_trips}
+    samples = {False: max(10, round_trips // 10), True: round_trips}
     cases = [Case(qos, size) for qos in (0, 1) for size in (160, 16384)]
     by_setting = {}
     for nodelay in (False, True):
